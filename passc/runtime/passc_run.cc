@@ -1,0 +1,152 @@
+// passc-run: runs a passc artifact's model.so with no Python, through the TVM runtime.
+//
+//   passc-run model.so in_1.bin ... in_N.bin out_1.bin ... out_M.bin
+//
+// The inputs and outputs (names, shapes, dtypes, order) are read from manifest.json beside
+// model.so. Each .bin file holds one tensor's raw bytes, C order, little endian: exactly
+// prod(shape) * itemsize bytes. TVM_NUM_THREADS sets the number of worker threads.
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/dtype.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/extra/module.h>
+#include <tvm/ffi/function.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ffi = tvm::ffi;
+
+namespace {
+
+struct CPUAlloc {
+  void AllocData(DLTensor* t) { t->data = std::malloc(std::max<size_t>(ffi::GetDataSize(*t), 1)); }
+  void FreeData(DLTensor* t) { std::free(t->data); }
+};
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  DLDataType dtype;
+};
+
+[[noreturn]] void Fail(const std::string& msg) {
+  std::cerr << "passc-run: error: " << msg << std::endl;
+  std::exit(1);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) Fail("cannot read " + path);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+std::vector<TensorSpec> ReadSpecs(const ffi::json::Object& manifest, const char* key) {
+  std::vector<TensorSpec> specs;
+  for (const ffi::Any& item : manifest.at(key).cast<ffi::json::Array>()) {
+    auto obj = item.cast<ffi::json::Object>();
+    TensorSpec spec;
+    spec.name = std::string(obj.at("name").cast<ffi::String>());
+    for (const ffi::Any& dim : obj.at("shape").cast<ffi::json::Array>()) {
+      spec.shape.push_back(dim.cast<int64_t>());
+    }
+    spec.dtype = ffi::StringToDLDataType(obj.at("dtype").cast<ffi::String>());
+    specs.push_back(spec);
+  }
+  return specs;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s.empty() ? "scalar" : s;
+}
+
+ffi::Tensor LoadInput(const TensorSpec& spec, const std::string& path) {
+  DLDevice cpu{kDLCPU, 0};
+  ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::ShapeView(spec.shape.data(), spec.shape.size()),
+                                           spec.dtype, cpu);
+  std::string bytes = ReadFile(path);
+  size_t expected = ffi::GetDataSize(t);
+  if (bytes.size() != expected) {
+    Fail(path + " has " + std::to_string(bytes.size()) + " bytes; input '" + spec.name + "' (" +
+         std::string(ffi::DLDataTypeToString(spec.dtype)) + " " + ShapeString(spec.shape) +
+         ") needs " + std::to_string(expected));
+  }
+  std::memcpy(t.data_ptr(), bytes.data(), expected);
+  return t;
+}
+
+void WriteOutput(const ffi::Tensor& t, const TensorSpec& spec, const std::string& path) {
+  ffi::ShapeView view = t.shape();
+  std::vector<int64_t> shape(view.begin(), view.end());
+  if (shape != spec.shape) {
+    Fail("output '" + spec.name + "' has shape " + ShapeString(shape) + ", manifest says " +
+         ShapeString(spec.shape));
+  }
+  std::ofstream f(path, std::ios::binary);
+  f.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(ffi::GetDataSize(t)));
+  if (!f) Fail("cannot write " + path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::cerr << "usage: passc-run model.so in_1.bin ... in_N.bin out_1.bin ... out_M.bin" << std::endl;
+    return 2;
+  }
+  try {
+    std::string so_path = argv[1];
+    size_t slash = so_path.find_last_of('/');
+    std::string dir = slash == std::string::npos ? "." : so_path.substr(0, slash);
+    auto manifest = ffi::json::Parse(ReadFile(dir + "/manifest.json")).cast<ffi::json::Object>();
+    std::vector<TensorSpec> inputs = ReadSpecs(manifest, "inputs");
+    std::vector<TensorSpec> outputs = ReadSpecs(manifest, "outputs");
+    size_t want = 2 + inputs.size() + outputs.size();
+    if (static_cast<size_t>(argc) != want) {
+      std::cerr << "usage: passc-run model.so";
+      for (auto& s : inputs) std::cerr << " " << s.name << ".bin";
+      for (auto& s : outputs) std::cerr << " " << s.name << ".bin";
+      std::cerr << std::endl;
+      return 2;
+    }
+
+    ffi::Module lib = ffi::Module::LoadFromFile(so_path);
+    ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
+    // (device type, device id, allocator) for the CPU; 2 = pooled allocator.
+    vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
+    ffi::Function main_fn = vm->GetFunction("main").value();
+
+    std::vector<ffi::Any> args;
+    for (size_t i = 0; i < inputs.size(); ++i) args.push_back(LoadInput(inputs[i], argv[2 + i]));
+    std::vector<ffi::AnyView> views(args.begin(), args.end());
+    ffi::Any result;
+    main_fn.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
+
+    std::vector<ffi::Tensor> results;
+    if (auto arr = result.as<ffi::Array<ffi::Any>>()) {
+      for (const ffi::Any& r : *arr) results.push_back(r.cast<ffi::Tensor>());
+    } else {
+      results.push_back(result.cast<ffi::Tensor>());
+    }
+    if (results.size() != outputs.size()) {
+      Fail("model returned " + std::to_string(results.size()) + " outputs, manifest lists " +
+           std::to_string(outputs.size()));
+    }
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      WriteOutput(results[i], outputs[i], argv[2 + inputs.size() + i]);
+    }
+  } catch (const ffi::Error& e) {
+    Fail(e.what());
+  }
+  return 0;
+}
