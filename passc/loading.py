@@ -1,0 +1,152 @@
+"""Loading models (ONNX files with external data, torch modules) and binding input shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from passc.errors import PasscError, UsageError
+
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "parse_input_shape",
+    "bind_input_shapes",
+    "require_static_shapes",
+]
+
+
+@dataclass
+class LoadedModel:
+    """A model in `onnx_ir` form plus where it came from (for the manifest and the depfile)."""
+
+    model: ir.Model
+    sha256: str  # of the model file, or of the serialized export for a torch module
+    dependencies: list[Path]  # the model file and its external data files
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _external_data_files(proto: onnx.ModelProto, base: Path) -> list[Path]:
+    files = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            files.add(base / info.location)
+    return sorted(files)
+
+
+def _load_onnx_file(path: Path) -> LoadedModel:
+    if not path.is_file():
+        raise UsageError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as err:
+        raise PasscError(f"{path} is not a valid ONNX model (corrupt or truncated): {err}") from None
+    if not proto.graph.node and not proto.graph.output:
+        raise PasscError(f"{path} is not a valid ONNX model (corrupt or truncated): empty graph")
+    external = _external_data_files(proto, path.parent)
+    missing = [f for f in external if not f.is_file()]
+    if missing:
+        raise PasscError(f"{path}: external data file missing: {missing[0]}")
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except Exception as err:
+        raise PasscError(f"{path}: cannot read external data: {err}") from None
+    return LoadedModel(ir.from_proto(proto), _sha256_file(path), [path, *external])
+
+
+def _export_torch(module: Any, example_inputs: tuple[Any, ...] | None) -> LoadedModel:
+    import torch  # optional dependency: only torch users reach this
+
+    if example_inputs is None:
+        raise UsageError("compiling a torch module needs example_inputs=(tensor, ...)")
+    try:
+        program = torch.onnx.export(module, tuple(example_inputs), dynamo=True, verbose=False)
+    except Exception as err:
+        raise PasscError(f"torch.export of {type(module).__name__} failed: {err}") from None
+    model = program.model
+    digest = hashlib.sha256(ir.to_proto(model).SerializeToString(deterministic=True)).hexdigest()
+    return LoadedModel(model, digest, [])
+
+
+def load_model(source: Any, example_inputs: tuple[Any, ...] | None = None) -> LoadedModel:
+    """Loads a path to an .onnx file, an `onnx.ModelProto`, an `ir.Model` or a torch module."""
+    if isinstance(source, str | Path):
+        return _load_onnx_file(Path(source))
+    if isinstance(source, onnx.ModelProto):
+        digest = hashlib.sha256(source.SerializeToString(deterministic=True)).hexdigest()
+        return LoadedModel(ir.from_proto(source), digest, [])
+    if isinstance(source, ir.Model):
+        digest = hashlib.sha256(ir.to_proto(source).SerializeToString(deterministic=True)).hexdigest()
+        return LoadedModel(source, digest, [])
+    if type(source).__module__.startswith("torch") or hasattr(source, "forward"):
+        return _export_torch(source, example_inputs)
+    raise UsageError(f"cannot compile a {type(source).__name__}: give an .onnx path or a torch module")
+
+
+_SHAPE = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parses `--input-shape NAME:1x3x224x224` into ("NAME", (1, 3, 224, 224))."""
+    match = _SHAPE.match(text)
+    if not match:
+        raise UsageError(f"bad --input-shape {text!r}: expected NAME:DIMxDIMx... like input:1x3x224x224")
+    return match["name"], tuple(int(d) for d in match["dims"].split("x"))
+
+
+def bind_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Sets the given inputs' shapes; a bound static dim must agree with the model's."""
+    inputs = {v.name: v for v in model.graph.inputs}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--input-shape names {name!r}, but the model's inputs are: {', '.join(inputs)}")
+        value = inputs[name]
+        old = value.shape
+        if old is not None:
+            if len(old) != len(dims):
+                raise UsageError(
+                    f"--input-shape {name}: model input has rank {len(old)}, got {len(dims)} dims"
+                )
+            for axis, (have, want) in enumerate(zip(old, dims, strict=True)):
+                if isinstance(have, int) and have != want:
+                    raise UsageError(
+                        f"--input-shape {name}: dim {axis} is fixed at {have} in the model, got {want}"
+                    )
+        value.shape = ir.Shape(dims)
+
+
+def _format_shape(shape: ir.Shape | None) -> str:
+    if shape is None:
+        return "unknown rank"
+    return "x".join(str(d) if isinstance(d, int) else (str(d.value) if d.value else "?") for d in shape)
+
+
+def require_static_shapes(model: ir.Model) -> None:
+    """Raises a UsageError naming the first input whose shape is not fully known."""
+    for value in model.graph.inputs:
+        shape = value.shape
+        if shape is None:
+            raise UsageError(
+                f"input {value.name!r} has unknown rank; bind it with --input-shape {value.name}:DIMxDIM..."
+            )
+        if not all(isinstance(d, int) for d in shape):
+            example = "x".join(str(d) if isinstance(d, int) else "1" for d in shape)
+            raise UsageError(
+                f"input {value.name!r} has dynamic shape {_format_shape(shape)}; "
+                f"bind it with --input-shape {value.name}:{example}"
+            )

@@ -1,0 +1,168 @@
+"""Lowering to Apache TVM: the one module of passc that imports TVM.
+
+onnx_ir model → ONNX proto → Relax (`relax.frontend.onnx.from_onnx`) → the target's Relax pipeline
+(TVM's `cpu_generic` phases: dispatch, legalize, [schedules], dataflow lowering, finalize) →
+`tvm.compile` → a shared library exported with the target's C++ toolchain. Running a host
+artifact through TVM's Python runtime lives here too, so a TVM upgrade is this file's work.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from passc.errors import PasscError
+
+__all__ = ["TensorSpec", "Lowered", "lower", "tvm_versions", "HostModule", "unsupported_nodes"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named tensor of the compiled function's signature."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def tvm_versions() -> dict[str, str]:
+    """Versions of the TVM compiler packages; the runtime libraries must match them."""
+    return {
+        "apache-tvm": importlib.metadata.version("apache-tvm"),
+        "apache-tvm-ffi": importlib.metadata.version("apache-tvm-ffi"),
+    }
+
+
+def unsupported_nodes(model: ir.Model) -> list[ir.Node]:
+    """Nodes whose op TVM's ONNX frontend has no converter for."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = set(_get_convert_map()) | {"If", "Constant"}
+    return [n for n in model.graph if n.domain not in ("", "ai.onnx") or n.op_type not in known]
+
+
+def _relax_pipeline(tvm_target: Any) -> Any:
+    """The Relax phases for a CPU target; schedules and tuning records slot in after legalize."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    schedule_passes: list[Any] = []  # the CPU performance work adds dlight rules / records here
+    phases = (
+        cpu_generic.library_dispatch_passes(tvm_target)
+        + cpu_generic.legalize_passes(tvm_target)
+        + schedule_passes
+        + cpu_generic.dataflow_lower_passes(tvm_target)
+        + cpu_generic.finalize_passes(tvm_target)
+    )
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: Any, _ctx: Any) -> Any:
+        with tvm_target:
+            return tvm.transform.Sequential(phases)(mod)
+
+    return pipeline
+
+
+def _signature_of(func: Any, output_names: list[str]) -> list[TensorSpec]:
+    from tvm import relax
+
+    info = func.ret_ty
+    fields = list(info.fields) if isinstance(info, relax.TupleType) else [info]
+    if len(fields) != len(output_names):
+        raise PasscError(f"TVM's function returns {len(fields)} values, the model has {len(output_names)} outputs")
+    specs = []
+    for name, field in zip(output_names, fields, strict=True):
+        if not isinstance(field, relax.TensorType) or field.shape is None:
+            raise PasscError(f"output {name!r} is not a plain tensor after lowering")
+        try:
+            shape = tuple(int(d) for d in field.shape.values)
+        except TypeError:
+            raise PasscError(
+                f"output {name!r} has a data-dependent shape ({field.shape}); passc needs static shapes"
+            ) from None
+        specs.append(TensorSpec(name, shape, str(field.dtype)))
+    return specs
+
+
+@dataclass
+class Lowered:
+    """A compiled model ready to export, with its input/output signature."""
+
+    executable: Any
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    kernels: int  # TIR functions (fused kernels) in the compiled module
+
+    def export(self, path: Path, cxx: str) -> None:
+        """Writes the shared library, linked by the C++ compiler `cxx` (a cross compiler or g++)."""
+        from tvm.support import cc
+
+        if shutil.which(cxx) is None:
+            raise PasscError(f"C++ toolchain {cxx!r} not found")
+        try:
+            self.executable.export_library(str(path), fcompile=cc.cross_compiler(cxx))
+        except Exception as err:
+            raise PasscError(f"linking model.so with {cxx} failed: {err}") from None
+
+
+def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
+    """Imports the (shape-static) model into Relax and compiles it for the TVM target dict."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    bad = unsupported_nodes(model)
+    if bad:
+        node = bad[0]
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        raise PasscError(f"TVM cannot lower op {op} (node {node.name!r}); no converter exists for it")
+    inputs = [TensorSpec(v.name, tuple(v.shape), v.dtype.numpy().name) for v in model.graph.inputs]
+    proto = ir.to_proto(model)
+    target = tvm.target.Target(tvm_target)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # from_onnx re-raises onnx.checker complaints as warnings
+            mod = from_onnx(
+                proto,
+                shape_dict={s.name: list(s.shape) for s in inputs},
+                dtype_dict={s.name: s.dtype for s in inputs},
+                keep_params_in_input=False,
+            )
+        outputs = _signature_of(mod["main"], [v.name for v in model.graph.outputs])
+        mod = _relax_pipeline(target)(mod)
+        kernels = sum(1 for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+        executable = tvm.compile(mod, target=target, relax_pipeline=None)
+    except PasscError:
+        raise
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PasscError(f"TVM failed to compile the model: {first_line}") from err
+    return Lowered(executable, inputs, outputs, kernels)
+
+
+class HostModule:
+    """A model.so for this machine, loaded through TVM's runtime; call it with numpy arrays."""
+
+    def __init__(self, path: Path) -> None:
+        import tvm
+        from tvm import relax
+
+        self._tvm = tvm
+        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        tensors = [self._tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs]
+        result = self._vm["main"](*tensors)
+        if isinstance(result, self._tvm.runtime.Tensor):
+            return [result.numpy()]
+        return [r.numpy() for r in result]

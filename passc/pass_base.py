@@ -1,0 +1,108 @@
+"""The base class of every passc pass, and typed options parsed from text.
+
+A passc pass is an `onnx_ir` in-place pass with a frozen, typed `Options` dataclass and a declared
+numerical tolerance. Options are declared once; the CLI (`--pass-option name.key=value`), TOML
+pipeline files and `passc passes` all read that declaration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+from passc.errors import UsageError
+
+__all__ = ["PasscPass", "make_options", "describe_options"]
+
+
+class PasscPass(ir.passes.InPlacePass):
+    """Base class: subclasses set `name` (via `register_pass`), `Options` and `call`.
+
+    `tolerance` is the relative output error the pass may introduce beyond float rounding:
+    0 for exact rewrites; a lossy pass states its bound. `--verify-each` checks it.
+    """
+
+    name: ClassVar[str] = ""
+    tolerance: ClassVar[float] = 0.0
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Options:
+        """This pass takes no options."""
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__()
+        self.options = self.Options() if options is None else options
+        if not isinstance(self.options, self.Options):
+            raise UsageError(f"pass {self.name!r}: options must be {self.Options.__qualname__}")
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def _coerce(pass_name: str, key: str, annotation: Any, value: Any) -> Any:
+    """Converts a TOML value or CLI string to the field's declared type, or raises UsageError."""
+    origin = typing.get_origin(annotation)
+    where = f"option {pass_name}.{key}"
+    if origin in (tuple, list):
+        (item_type, *_) = typing.get_args(annotation) or (str,)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise UsageError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(pass_name, key, item_type, v) for v in items)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value in (None, "none", "None") and len(args) < len(typing.get_args(annotation)):
+            return None
+        return _coerce(pass_name, key, args[0], value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise UsageError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool) or (annotation is int and isinstance(value, float)):
+            raise UsageError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        try:
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+    if annotation is str:
+        return str(value)
+    raise UsageError(f"{where}: unsupported option type {annotation!r}")
+
+
+def make_options(pass_cls: type[PasscPass], values: dict[str, Any]) -> Any:
+    """Builds `pass_cls.Options` from untyped values; unknown keys and bad values raise UsageError."""
+    fields = {f.name: f for f in dataclasses.fields(pass_cls.Options)}
+    hints = typing.get_type_hints(pass_cls.Options)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise UsageError(
+            f"pass {pass_cls.name!r} has no option {unknown[0]!r} (its options: {known})"
+        )
+    typed = {k: _coerce(pass_cls.name, k, hints[k], v) for k, v in values.items()}
+    try:
+        return pass_cls.Options(**typed)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"pass {pass_cls.name!r}: {err}") from None
+
+
+def describe_options(pass_cls: type[PasscPass]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) for each option; help comes from `field(metadata={"help": …})`."""
+    hints = typing.get_type_hints(pass_cls.Options)
+    rows = []
+    for f in dataclasses.fields(pass_cls.Options):
+        hint = hints[f.name]
+        type_name = hint.__name__ if isinstance(hint, type) else str(hint)
+        rows.append((f.name, type_name, repr(f.default), f.metadata.get("help", "")))
+    return rows

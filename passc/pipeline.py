@@ -1,0 +1,182 @@
+"""Pipelines: which passes run, with which options, and the record of each run.
+
+A pipeline comes from the target's default pass list, or `--passes a,b,c`, or a TOML file:
+
+    passes = ["canonicalize", "my-pass"]
+    [options.my-pass]
+    scale = 2.0
+
+`--pass-option name.key=value` overrides options from any of them. Canonicalisation always runs
+first (it folds the shape sub-graphs TVM cannot lower), whether or not the list names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from passc import oracle
+from passc.errors import PasscError, UsageError
+from passc.pass_base import PasscPass, make_options
+from passc.registry import get_pass
+from passc.stats import ModelStats, model_stats
+
+__all__ = ["PassSpec", "PassRecord", "build_pipeline", "run_pipeline", "parse_pass_option"]
+
+FIRST_PASS = "canonicalize"
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One pipeline step: a registered pass and its raw (untyped) option values."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def instantiate(self) -> PasscPass:
+        cls = get_pass(self.name)
+        return cls(make_options(cls, self.options))
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """What one pass did: for the pass log printed to the user and stored in the manifest."""
+
+    name: str
+    options: dict[str, Any]
+    modified: bool
+    seconds: float
+    before: ModelStats
+    after: ModelStats
+    max_rel_error: float | None = None  # set by --verify-each
+
+    def as_manifest(self) -> dict[str, Any]:
+        """The record without wall time, so that rebuilt manifests are byte-identical."""
+        return {
+            "pass": self.name,
+            "options": self.options,
+            "modified": self.modified,
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+        }
+
+
+def parse_pass_option(text: str) -> tuple[str, str, str]:
+    """Parses `name.key=value`."""
+    head, eq, value = text.partition("=")
+    name, dot, key = head.partition(".")
+    if not (eq and dot and name and key):
+        raise UsageError(f"bad --pass-option {text!r}: expected PASS.KEY=VALUE")
+    return name, key, value
+
+
+def _read_pipeline_file(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    if not path.is_file():
+        raise UsageError(f"pipeline file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"pipeline file {path}: {err}") from None
+    unknown = sorted(set(data) - {"passes", "options"})
+    if unknown:
+        raise UsageError(f"pipeline file {path}: unknown key {unknown[0]!r} (expected passes, options)")
+    passes = data.get("passes", [])
+    if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
+        raise UsageError(f"pipeline file {path}: 'passes' must be a list of pass names")
+    return passes, data.get("options", {})
+
+
+def build_pipeline(
+    default_passes: tuple[str, ...],
+    passes: list[str] | None = None,
+    pass_options: list[str] | dict[str, dict[str, Any]] | None = None,
+    pipeline_file: Path | None = None,
+) -> list[PassSpec]:
+    """Resolves the pass list and options; every name and option is checked here, before work."""
+    options: dict[str, dict[str, Any]] = {}
+    names = list(default_passes)
+    if pipeline_file is not None:
+        names, file_options = _read_pipeline_file(pipeline_file)
+        options.update({k: dict(v) for k, v in file_options.items()})
+    if passes is not None:
+        names = list(passes)
+    if isinstance(pass_options, dict):
+        for name, values in pass_options.items():
+            options.setdefault(name, {}).update(values)
+    else:
+        for text in pass_options or []:
+            name, key, value = parse_pass_option(text)
+            options.setdefault(name, {})[key] = value
+    if FIRST_PASS in names:
+        names.remove(FIRST_PASS)
+    names.insert(0, FIRST_PASS)
+    for name in options:
+        if name not in names:
+            get_pass(name)  # an unknown pass name is the clearer error
+            raise UsageError(f"options given for pass {name!r}, which is not in the pipeline")
+    specs = [PassSpec(name, options.get(name, {})) for name in names]
+    for spec in specs:
+        spec.instantiate()  # validates names and options now, not halfway through a build
+    return specs
+
+
+def run_pipeline(
+    model: ir.Model,
+    specs: list[PassSpec],
+    *,
+    verify_each: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[PassRecord]:
+    """Runs the passes in order on `model` (in place) and records each one.
+
+    With `verify_each`, the model is run under onnxruntime before the first pass and after every
+    pass on the same random inputs; a pass whose output error exceeds its declared tolerance plus
+    float rounding fails the build. Input shapes must be bound (static) before this runs.
+    """
+    inputs: dict[str, np.ndarray] = {}
+    reference: dict[str, np.ndarray] = {}
+    if verify_each:
+        inputs = oracle.random_inputs(oracle.input_specs(model))
+        reference = oracle.run_onnxruntime(model, inputs)
+    records = []
+    for spec in specs:
+        instance = spec.instantiate()
+        before = model_stats(model)
+        start = time.perf_counter()
+        try:
+            result = instance(model)
+        except PasscError:
+            raise
+        except Exception as err:
+            raise PasscError(f"pass {spec.name!r} failed: {type(err).__name__}: {err}") from err
+        seconds = time.perf_counter() - start
+        model = result.model
+        max_rel = None
+        if verify_each:
+            errors = oracle.compare(oracle.run_onnxruntime(model, inputs), reference)
+            worst = max(errors, key=lambda e: e.max_rel)
+            max_rel = worst.max_rel
+            allowed = instance.tolerance + oracle.FLOAT_ROUNDING
+            if not max_rel <= allowed:
+                raise PasscError(
+                    f"--verify-each: pass {spec.name!r} changed output {worst.name!r} by relative "
+                    f"error {max_rel:.3g}, above its tolerance {allowed:.3g}"
+                )
+        after = model_stats(model)
+        options = dataclasses.asdict(instance.options)
+        records.append(PassRecord(spec.name, options, result.modified, seconds, before, after, max_rel))
+        checked = "" if max_rel is None else f", max rel err {max_rel:.2g}"
+        progress(
+            f"pass {spec.name}: {'modified' if result.modified else 'unchanged'}, "
+            f"nodes {before.nodes} -> {after.nodes}, MACs {before.macs} -> {after.macs}, "
+            f"{seconds:.2f}s{checked}"
+        )
+    return records

@@ -1,0 +1,81 @@
+"""Targets are data: one TOML file per target in this package, read into `Target`.
+
+A file gives the TVM target dict, the C++ toolchain that links and builds the runner, the wheel
+platform that supplies the target's TVM runtime libraries, an emulator command (for targets the
+host cannot run natively), the default thread count and the default pass list.
+"""
+
+from __future__ import annotations
+
+import platform
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from passc.errors import UsageError
+
+__all__ = ["Target", "get_target", "all_targets"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment target, as declared in its TOML file."""
+
+    name: str
+    description: str
+    device: str  # "cpu", "gpu" or "npu"
+    arch: str  # the ISA its binaries are built for, as `uname -m` prints it
+    threads: int
+    default_passes: tuple[str, ...]
+    tvm: dict[str, Any]
+    cxx: str
+    cxx_apt_package: str
+    wheel_platform: str
+    emulator: tuple[str, ...] = ()
+    emulator_apt_package: str = ""
+
+    @property
+    def runs_on_host(self) -> bool:
+        """True when this machine can run the target's binaries without an emulator."""
+        return self.arch == platform.machine()
+
+
+def _parse(name: str, data: dict[str, Any]) -> Target:
+    toolchain = data.get("toolchain", {})
+    emulator = data.get("emulator", {})
+    try:
+        return Target(
+            name=name,
+            description=data["description"],
+            device=data["device"],
+            arch=data["arch"],
+            threads=int(data["threads"]),
+            default_passes=tuple(data["default_passes"]),
+            tvm=dict(data["tvm"]),
+            cxx=toolchain["cxx"],
+            cxx_apt_package=toolchain["apt_package"],
+            wheel_platform=toolchain["wheel_platform"],
+            emulator=tuple(emulator.get("command", ())),
+            emulator_apt_package=emulator.get("apt_package", ""),
+        )
+    except KeyError as err:
+        raise ValueError(f"target file {name}.toml lacks {err}") from None
+
+
+def all_targets() -> dict[str, Target]:
+    """Every target file in this package, by name."""
+    targets = {}
+    for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            name = entry.name.removesuffix(".toml")
+            targets[name] = _parse(name, tomllib.loads(entry.read_text()))
+    return targets
+
+
+def get_target(name: str) -> Target:
+    """The target called `name`; an unknown name is a UsageError listing the known ones."""
+    targets = all_targets()
+    if name not in targets:
+        raise UsageError(f"unknown target {name!r} (known targets: {', '.join(targets)})")
+    return targets[name]
