@@ -91,8 +91,9 @@ def load_model(source: Any, example_inputs: tuple[Any, ...] | None = None) -> Lo
         digest = hashlib.sha256(source.SerializeToString(deterministic=True)).hexdigest()
         return LoadedModel(ir.from_proto(source), digest, [])
     if isinstance(source, ir.Model):
-        digest = hashlib.sha256(ir.to_proto(source).SerializeToString(deterministic=True)).hexdigest()
-        return LoadedModel(source, digest, [])
+        proto = ir.to_proto(source)  # passes work in place: compile a copy, not the caller's model
+        digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+        return LoadedModel(ir.from_proto(proto), digest, [])
     if type(source).__module__.startswith("torch") or hasattr(source, "forward"):
         return _export_torch(source, example_inputs)
     raise UsageError(f"cannot compile a {type(source).__name__}: give an .onnx path or a torch module")

@@ -1,0 +1,300 @@
+"""The `passc` command line: compile, verify, run, inspect, passes, targets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from passc.errors import PasscError, UsageError
+
+__all__ = ["main"]
+
+
+def _say(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines on stderr, unless --quiet."""
+    if args.quiet:
+        return lambda _: None
+    return lambda line: print(f"passc: {line}", file=sys.stderr, flush=True)
+
+
+def _input_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    from passc.loading import parse_input_shape
+
+    return dict(parse_input_shape(text) for text in args.input_shape)
+
+
+def _read_inputs(texts: list[str]) -> dict[str, np.ndarray]:
+    """Reads `--input NAME=file.npy` flags."""
+    inputs = {}
+    for text in texts:
+        name, eq, path = text.partition("=")
+        if not (eq and name and path):
+            raise UsageError(f"bad --input {text!r}: expected NAME=FILE.npy")
+        if not Path(path).is_file():
+            raise UsageError(f"input file not found: {path}")
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise UsageError(f"cannot read {path} as a .npy array: {err}") from None
+    return inputs
+
+
+def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "passes": [p for p in args.passes.split(",") if p] if args.passes is not None else None,
+        "pass_options": args.pass_option,
+        "pipeline_file": args.pipeline,
+        "plugins": args.plugin,
+        "verify_each": args.verify_each,
+        "progress": _say(args),
+    }
+
+
+def _print_pass_log(records: list[Any]) -> None:
+    print(f"{'pass':<24} {'modified':<9} {'nodes':>15} {'params':>21} {'MACs':>27} {'time':>8}")
+    for r in records:
+        print(
+            f"{r.name:<24} {'yes' if r.modified else 'no':<9} "
+            f"{f'{r.before.nodes} -> {r.after.nodes}':>15} "
+            f"{f'{r.before.params} -> {r.after.params}':>21} "
+            f"{f'{r.before.macs} -> {r.after.macs}':>27} {r.seconds:>7.2f}s"
+        )
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from passc.compiler import compile_model
+
+    model = Path(args.model)
+    output = Path(args.output) if args.output else Path("build") / f"{model.stem}.{args.target}"
+    result = compile_model(
+        model,
+        args.target,
+        output,
+        input_shapes=_input_shapes(args),
+        bundle=args.bundle,
+        depfile=args.depfile,
+        **_compile_options(args),
+    )
+    if not args.quiet:
+        _print_pass_log(result.pass_log)
+    print(output)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from passc.verify import verify_model
+
+    report = verify_model(
+        Path(args.model),
+        args.target,
+        inputs=_read_inputs(args.input) or None,
+        emulate=args.emulate,
+        tolerance=args.tolerance,
+        output=args.output,
+        input_shapes=_input_shapes(args),
+        **_compile_options(args),
+    )
+    where = "under emulation" if args.emulate and not report.compiled.artifact.target.runs_on_host else "on the host"
+    print(f"{args.target} artifact run {where} vs onnxruntime (tolerance: max rel err {args.tolerance:g})")
+    for e in report.errors:
+        verdict = "ok" if e.max_rel <= report.tolerance else "FAIL"
+        print(f"  {e.name}: max abs err {e.max_abs:.3g}, max rel err {e.max_rel:.3g}  {verdict}")
+    print("verified" if report.passed else "NOT verified: outside tolerance")
+    return 0 if report.passed else 1
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from passc.artifact import Artifact
+
+    artifact = Artifact(args.artifact)
+    inputs = _read_inputs(args.input)
+    if not inputs:
+        from passc import oracle
+
+        _say(args)("no --input given: running on random inputs")
+        specs = [(s["name"], tuple(s["shape"]), s["dtype"]) for s in artifact.inputs]
+        inputs = oracle.random_inputs(specs)
+    outputs = artifact.run(inputs, emulate=args.emulate)
+    if args.output:
+        out_dir = Path(args.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, value in outputs.items():
+            path = out_dir / f"{_file_name(name)}.npy"
+            np.save(path, value)
+            print(path)
+    else:
+        for name, value in outputs.items():
+            print(
+                f"{name}: {value.dtype} {'x'.join(map(str, value.shape))}  "
+                f"min {value.min():.6g}  max {value.max():.6g}  mean {value.mean():.6g}"
+            )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import onnx_ir.passes.common
+
+    from passc.loading import bind_input_shapes, load_model
+    from passc.stats import model_stats, op_counts
+
+    model = load_model(Path(args.model)).model
+    bind_input_shapes(model, _input_shapes(args))
+    try:
+        onnx_ir.passes.common.ShapeInferencePass()(model)
+    except Exception as err:  # inspect still reports what it can without inferred shapes
+        _say(args)(f"shape inference failed, MACs may be undercounted: {err}")
+    stats = model_stats(model)
+    inputs = [
+        {
+            "name": v.name,
+            "dtype": v.dtype.numpy().name if v.dtype is not None else None,
+            "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or [])],
+            "dynamic_dims": [i for i, d in enumerate(v.shape or []) if not isinstance(d, int)],
+        }
+        for v in model.graph.inputs
+    ]
+    outputs = [v.name for v in model.graph.outputs]
+    report = {**stats.as_dict(), "inputs": inputs, "outputs": outputs, "ops": dict(op_counts(model).most_common())}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.model}: {stats.nodes} nodes, {stats.params:,} params in {stats.initializers} initializers, {stats.macs:,} MACs")
+    for value in inputs:
+        dynamic = f"  dynamic dims: {value['dynamic_dims']}" if value["dynamic_dims"] else ""
+        print(f"  input  {value['name']}: {value['dtype']} [{', '.join(map(str, value['shape']))}]{dynamic}")
+    for name in outputs:
+        print(f"  output {name}")
+    print("  ops: " + ", ".join(f"{op} {n}" for op, n in report["ops"].items()))
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from passc.pass_base import describe_options
+    from passc.registry import all_passes, load_plugin
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    for name, cls in all_passes().items():
+        tolerance = "exact" if cls.tolerance == 0 else f"tolerance {cls.tolerance:g}"
+        print(f"{name}  ({tolerance})  {cls.summary()}")
+        for option, type_name, default, help_text in describe_options(cls):
+            print(f"    {name}.{option}: {type_name} = {default}  {help_text}".rstrip())
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from passc.targets import all_targets
+
+    for target in all_targets().values():
+        emulator = " ".join(target.emulator) if target.emulator else "none (runs natively)"
+        print(f"{target.name}: {target.description}")
+        print(f"    device {target.device}, arch {target.arch}, {target.threads} threads")
+        print(f"    TVM target {json.dumps(target.tvm)}")
+        print(f"    toolchain {target.cxx} (apt: {target.cxx_apt_package}), runtime wheels {target.wheel_platform}")
+        print(f"    emulator {emulator}")
+        print(f"    default passes: {', '.join(target.default_passes)}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    shapes = argparse.ArgumentParser(add_help=False)
+    shapes.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS",
+                        help="bind an input's shape, e.g. input:1x3x224x224 (repeatable)")
+
+    build = argparse.ArgumentParser(add_help=False, parents=[shapes])
+    build.add_argument("--target", required=True, help="target name (see `passc targets`)")
+    build.add_argument("-o", "--output", help="artifact directory (default build/MODEL.TARGET)")
+    build.add_argument("--passes", help="comma-separated pass list, replacing the target's default")
+    build.add_argument("--pass-option", action="append", default=[], metavar="PASS.KEY=VALUE",
+                       help="set a pass option (repeatable)")
+    build.add_argument("--pipeline", type=Path, help="TOML pipeline file (passes and options)")
+    build.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                       help="load passes from a Python file or module (repeatable)")
+    build.add_argument("--verify-each", action="store_true",
+                       help="check the model against onnxruntime after every pass")
+
+    parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", parents=[common, build], help="compile a model into an artifact")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("--bundle", action="store_true",
+                   help="add passc-run and the TVM runtime libraries, so the device needs no Python")
+    p.add_argument("--depfile", type=Path, help="write a Make-style depfile for build systems")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("verify", parents=[common, build],
+                       help="compile, run and compare with onnxruntime")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("--emulate", action="store_true", help="run a non-host target under its emulator")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input (default: random)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed max-abs error relative to the output's range (default 1e-4)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("run", parents=[common], help="run an artifact")
+    p.add_argument("artifact", help="artifact directory written by `passc compile`")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input (default: random)")
+    p.add_argument("-o", "--output", help="write each output to DIR/NAME.npy")
+    p.add_argument("--emulate", action="store_true",
+                   help="run through the bundled passc-run (under the target's emulator)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", parents=[common, shapes], help="ops, params, MACs, dynamic dims")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("passes", parents=[common], help="list passes and their options")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE")
+    p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser("targets", parents=[common], help="list targets")
+    p.set_defaults(func=cmd_targets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PasscError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"passc: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:  # the reader (e.g. `| head`) went away: not an error of ours
+        return 0
+    except KeyboardInterrupt:
+        print("passc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"passc: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

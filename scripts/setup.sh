@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up passc in ./.venv: the cross toolchain and emulator (apt), then passc itself (pip).
+#   scripts/setup.sh         passc, for compiling and verifying models
+#   scripts/setup.sh --dev   also torch, the test tools and the example plugin, for the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v aarch64-linux-gnu-g++ >/dev/null || need_apt+=(g++-aarch64-linux-gnu)
+command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
+command -v g++ >/dev/null || need_apt+=(g++)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing ${need_apt[*]} (apt)" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+if [ "${1:-}" = "--dev" ]; then
+    echo "setup: installing passc with torch and the test tools into .venv (pip)" >&2
+    "${pip[@]}" -e ".[dev,torch]" -e examples/custom_pass
+else
+    echo "setup: installing passc into .venv (pip)" >&2
+    "${pip[@]}" -e .
+fi
+echo "setup: done; activate with: . .venv/bin/activate" >&2

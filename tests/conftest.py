@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny ONNX models written in a few lines, and torch models exported once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnx.parser
+import pytest
+
+from passc.cli import main as cli_main
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "cnn" / "model.onnx"
+
+
+def parse(text: str) -> onnx.ModelProto:
+    """An ONNX model from onnx's text syntax, checked."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model)
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Runs `passc ARGS…` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli_main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def dynamic_mlp(tmp_path: Path) -> Path:
+    """MatMul-Add-Relu with a dynamic batch and a Shape-computed Reshape, as exporters write."""
+    return save(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[N, 4, 2] x) => (float[N, 3] y) {
+              w = Constant<value = float[8, 3] {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9,
+                 1.0, -1.1, 1.2, 0.5, 0.25, -0.125, 1.5, 0.75, -0.5, 0.1, 0.2, 0.3, -0.4, 0.5, 0.6}>()
+              b = Constant<value = float[3] {0.5, -0.5, 0.25}>()
+              s = Shape(x)
+              zero = Constant<value = int64[1] {0}>()
+              one = Constant<value = int64[1] {1}>()
+              n = Slice(s, zero, one)
+              minus1 = Constant<value = int64[1] {-1}>()
+              shape = Concat<axis = 0>(n, minus1)
+              flat = Reshape(x, shape)
+              h = MatMul(flat, w)
+              hb = Add(h, b)
+              y = Relu(hb)
+            }"""
+        ),
+        tmp_path / "mlp.onnx",
+    )
+
+
+@pytest.fixture(scope="session")
+def torch_models(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """A small CNN and a small transformer encoder, made with torch and exported to ONNX once.
+
+    Returns name → (onnx path, input shapes to bind).
+    """
+    torch = pytest.importorskip("torch", reason="torch is the 'torch' extra")
+    out = tmp_path_factory.mktemp("torch_models")
+    torch.manual_seed(0)
+
+    class SmallCNN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 16, 3, stride=2, padding=1),
+                torch.nn.BatchNorm2d(16),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                torch.nn.Conv2d(16, 32, 1),
+                torch.nn.SiLU(),
+                torch.nn.MaxPool2d(2),
+            )
+            self.head = torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.features(x)
+            return self.head(x.mean(dim=(2, 3)))
+
+    class SmallEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 32)
+            layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(32, 4)
+
+        def forward(self, tokens):
+            return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
+
+    models = {}
+    batch = torch.export.Dim("batch", min=1, max=64)
+    for name, module, example in [
+        ("cnn", SmallCNN(), torch.randn(2, 3, 32, 32)),
+        ("encoder", SmallEncoder(), torch.randint(0, 100, (2, 12))),
+    ]:
+        module.eval()
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False
+        )
+        path = out / f"{name}.onnx"
+        program.save(str(path))
+        input_name = program.model.graph.inputs[0].name
+        models[name] = (path, {input_name: (1, *example.shape[1:])})
+    return models

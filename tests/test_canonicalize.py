@@ -1,0 +1,49 @@
+"""Canonicalisation folds shape sub-graphs once shapes are bound, exactly, and only once."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from passc import oracle
+from passc.loading import bind_input_shapes, load_model
+from passc.passes.canonicalize import Canonicalize
+
+
+def test_shape_subgraph_folds_after_binding(dynamic_mlp) -> None:
+    model = load_model(dynamic_mlp).model
+    bind_input_shapes(model, {"x": (2, 4, 2)})
+    inputs = oracle.random_inputs(oracle.input_specs(model))
+    expected = oracle.run_onnxruntime(model, inputs)
+
+    result = Canonicalize()(model)
+
+    assert result.modified
+    ops = [n.op_type for n in model.graph]
+    assert "Shape" not in ops and "Concat" not in ops and "Slice" not in ops
+    assert model.graph.outputs[0].shape == ir.Shape([2, 3])
+    errors = oracle.compare(oracle.run_onnxruntime(model, inputs), expected)
+    assert errors[0].max_rel <= oracle.FLOAT_ROUNDING
+
+
+def test_shape_subgraph_stays_while_dims_are_dynamic(dynamic_mlp) -> None:
+    model = load_model(dynamic_mlp).model
+    Canonicalize()(model)
+    assert "Shape" in [n.op_type for n in model.graph]
+
+
+def test_second_run_is_a_no_op(dynamic_mlp) -> None:
+    model = load_model(dynamic_mlp).model
+    bind_input_shapes(model, {"x": (3, 4, 2)})
+    assert Canonicalize()(model).modified
+    snapshot = ir.to_proto(model).SerializeToString()
+    assert not Canonicalize()(model).modified
+    assert ir.to_proto(model).SerializeToString() == snapshot
+
+
+def test_outputs_keep_their_names(dynamic_mlp) -> None:
+    model = load_model(dynamic_mlp).model
+    bind_input_shapes(model, {"x": (1, 4, 2)})
+    Canonicalize()(model)
+    assert [v.name for v in model.graph.outputs] == ["y"]
+    assert np.dtype(model.graph.outputs[0].dtype.numpy()) == np.float32
