@@ -61,7 +61,7 @@ def compile_model(
     target = target if isinstance(target, Target) else get_target(target)
     pipeline_path = Path(pipeline_file) if pipeline_file is not None else None
     specs = build_pipeline(target.default_passes, passes, pass_options, pipeline_path)
-    if bundle and shutil.which(target.cxx) is None:
+    if shutil.which(target.cxx) is None:
         raise PasscError(
             f"C++ toolchain {target.cxx!r} for target {target.name!r} not found "
             f"(install it: apt-get install {target.cxx_apt_package})"
