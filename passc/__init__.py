@@ -1,8 +1,8 @@
 """passc: a model compiler for edge devices.
 
-    art = passc.compile("model.onnx", target="rpi5", output="build/model.rpi5",
-                        input_shapes={"input": (1, 3, 224, 224)})
-    outputs = passc.load("build/model.host")(input=x)
+art = passc.compile("model.onnx", target="rpi5", output="build/model.rpi5",
+                    input_shapes={"input": (1, 3, 224, 224)})
+outputs = passc.load("build/model.host")(input=x)
 """
 
 from __future__ import annotations

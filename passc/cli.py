@@ -102,7 +102,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         input_shapes=_input_shapes(args),
         **_compile_options(args),
     )
-    where = "under emulation" if args.emulate and not report.compiled.artifact.target.runs_on_host else "on the host"
+    where = (
+        "under emulation"
+        if args.emulate and not report.compiled.artifact.target.runs_on_host
+        else "on the host"
+    )
     print(f"{args.target} artifact run {where} vs onnxruntime (tolerance: max rel err {args.tolerance:g})")
     for e in report.errors:
         verdict = "ok" if e.max_rel <= report.tolerance else "FAIL"
@@ -146,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import onnx_ir.passes.common
 
-    from passc.loading import bind_input_shapes, load_model
+    from passc.loading import bind_input_shapes, is_static_dim, load_model
     from passc.stats import model_stats, op_counts
 
     model = load_model(Path(args.model)).model
@@ -160,17 +164,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         {
             "name": v.name,
             "dtype": v.dtype.numpy().name if v.dtype is not None else None,
-            "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or [])],
-            "dynamic_dims": [i for i, d in enumerate(v.shape or []) if not isinstance(d, int)],
+            "shape": [d if is_static_dim(d) else str(d) for d in (v.shape or [])],
+            "dynamic_dims": [i for i, d in enumerate(v.shape or []) if not is_static_dim(d)],
         }
         for v in model.graph.inputs
     ]
     outputs = [v.name for v in model.graph.outputs]
-    report = {**stats.as_dict(), "inputs": inputs, "outputs": outputs, "ops": dict(op_counts(model).most_common())}
+    report = {
+        **stats.as_dict(),
+        "inputs": inputs,
+        "outputs": outputs,
+        "ops": dict(op_counts(model).most_common()),
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.model}: {stats.nodes} nodes, {stats.params:,} params in {stats.initializers} initializers, {stats.macs:,} MACs")
+    print(
+        f"{args.model}: {stats.nodes} nodes, {stats.params:,} params "
+        f"in {stats.initializers} initializers, {stats.macs:,} MACs"
+    )
     for value in inputs:
         dynamic = f"  dynamic dims: {value['dynamic_dims']}" if value["dynamic_dims"] else ""
         print(f"  input  {value['name']}: {value['dtype']} [{', '.join(map(str, value['shape']))}]{dynamic}")
@@ -202,7 +214,10 @@ def cmd_targets(args: argparse.Namespace) -> int:
         print(f"{target.name}: {target.description}")
         print(f"    device {target.device}, arch {target.arch}, {target.threads} threads")
         print(f"    TVM target {json.dumps(target.tvm)}")
-        print(f"    toolchain {target.cxx} (apt: {target.cxx_apt_package}), runtime wheels {target.wheel_platform}")
+        print(
+            f"    toolchain {target.cxx} (apt: {target.cxx_apt_package}), "
+            f"runtime wheels {target.wheel_platform}"
+        )
         print(f"    emulator {emulator}")
         print(f"    default passes: {', '.join(target.default_passes)}")
     return 0
@@ -214,48 +229,85 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     shapes = argparse.ArgumentParser(add_help=False)
-    shapes.add_argument("--input-shape", action="append", default=[], metavar="NAME:DIMS",
-                        help="bind an input's shape, e.g. input:1x3x224x224 (repeatable)")
+    shapes.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:DIMS",
+        help="bind an input's shape, e.g. input:1x3x224x224 (repeatable)",
+    )
 
     build = argparse.ArgumentParser(add_help=False, parents=[shapes])
     build.add_argument("--target", required=True, help="target name (see `passc targets`)")
     build.add_argument("-o", "--output", help="artifact directory (default build/MODEL.TARGET)")
     build.add_argument("--passes", help="comma-separated pass list, replacing the target's default")
-    build.add_argument("--pass-option", action="append", default=[], metavar="PASS.KEY=VALUE",
-                       help="set a pass option (repeatable)")
+    build.add_argument(
+        "--pass-option",
+        action="append",
+        default=[],
+        metavar="PASS.KEY=VALUE",
+        help="set a pass option (repeatable)",
+    )
     build.add_argument("--pipeline", type=Path, help="TOML pipeline file (passes and options)")
-    build.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
-                       help="load passes from a Python file or module (repeatable)")
-    build.add_argument("--verify-each", action="store_true",
-                       help="check the model against onnxruntime after every pass")
+    build.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="load passes from a Python file or module (repeatable)",
+    )
+    build.add_argument(
+        "--verify-each",
+        action="store_true",
+        help="check the model against onnxruntime after every pass",
+    )
 
     parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", parents=[common, build], help="compile a model into an artifact")
     p.add_argument("model", help="the .onnx file")
-    p.add_argument("--bundle", action="store_true",
-                   help="add passc-run and the TVM runtime libraries, so the device needs no Python")
+    p.add_argument(
+        "--bundle",
+        action="store_true",
+        help="add passc-run and the TVM runtime libraries, so the device needs no Python",
+    )
     p.add_argument("--depfile", type=Path, help="write a Make-style depfile for build systems")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("verify", parents=[common, build],
-                       help="compile, run and compare with onnxruntime")
+    p = sub.add_parser("verify", parents=[common, build], help="compile, run and compare with onnxruntime")
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--emulate", action="store_true", help="run a non-host target under its emulator")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="an input (default: random)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
-                   help="largest allowed max-abs error relative to the output's range (default 1e-4)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="an input (default: random)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed max-abs error relative to the output's range (default 1e-4)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("run", parents=[common], help="run an artifact")
     p.add_argument("artifact", help="artifact directory written by `passc compile`")
-    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                   help="an input (default: random)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="an input (default: random)",
+    )
     p.add_argument("-o", "--output", help="write each output to DIR/NAME.npy")
-    p.add_argument("--emulate", action="store_true",
-                   help="run through the bundled passc-run (under the target's emulator)")
+    p.add_argument(
+        "--emulate",
+        action="store_true",
+        help="run through the bundled passc-run (under the target's emulator)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", parents=[common, shapes], help="ops, params, MACs, dynamic dims")

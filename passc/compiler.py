@@ -109,4 +109,3 @@ def compile_model(
         write_depfile(Path(depfile), output, deps + _plugin_dependencies(plugins))
     progress(f"wrote {output}")
     return CompileResult(Artifact(output), records)
-

@@ -20,6 +20,7 @@ __all__ = [
     "parse_input_shape",
     "bind_input_shapes",
     "require_static_shapes",
+    "is_static_dim",
 ]
 
 
@@ -124,17 +125,24 @@ def bind_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> No
                     f"--input-shape {name}: model input has rank {len(old)}, got {len(dims)} dims"
                 )
             for axis, (have, want) in enumerate(zip(old, dims, strict=True)):
-                if isinstance(have, int) and have != want:
+                if is_static_dim(have) and have != want:
                     raise UsageError(
                         f"--input-shape {name}: dim {axis} is fixed at {have} in the model, got {want}"
                     )
         value.shape = ir.Shape(dims)
 
 
+def is_static_dim(dim: object) -> bool:
+    """A known dim: a non-negative int (old exporters write -1 for a dynamic dim)."""
+    return isinstance(dim, int) and dim >= 0
+
+
 def _format_shape(shape: ir.Shape | None) -> str:
     if shape is None:
         return "unknown rank"
-    return "x".join(str(d) if isinstance(d, int) else (str(d.value) if d.value else "?") for d in shape)
+    return "x".join(
+        str(d) if is_static_dim(d) else (str(d.value) if getattr(d, "value", None) else "?") for d in shape
+    )
 
 
 def require_static_shapes(model: ir.Model) -> None:
@@ -145,8 +153,8 @@ def require_static_shapes(model: ir.Model) -> None:
             raise UsageError(
                 f"input {value.name!r} has unknown rank; bind it with --input-shape {value.name}:DIMxDIM..."
             )
-        if not all(isinstance(d, int) for d in shape):
-            example = "x".join(str(d) if isinstance(d, int) else "1" for d in shape)
+        if not all(is_static_dim(d) for d in shape):
+            example = "x".join(str(d) if is_static_dim(d) else "1" for d in shape)
             raise UsageError(
                 f"input {value.name!r} has dynamic shape {_format_shape(shape)}; "
                 f"bind it with --input-shape {value.name}:{example}"

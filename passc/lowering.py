@@ -78,7 +78,9 @@ def _signature_of(func: Any, output_names: list[str]) -> list[TensorSpec]:
     info = func.ret_ty
     fields = list(info.fields) if isinstance(info, relax.TupleType) else [info]
     if len(fields) != len(output_names):
-        raise PasscError(f"TVM's function returns {len(fields)} values, the model has {len(output_names)} outputs")
+        raise PasscError(
+            f"TVM's function returns {len(fields)} values, the model has {len(output_names)} outputs"
+        )
     specs = []
     for name, field in zip(output_names, fields, strict=True):
         if not isinstance(field, relax.TensorType) or field.shape is None:
@@ -115,7 +117,6 @@ class Lowered:
 def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
     """Imports the (shape-static) model into Relax and compiles it for the TVM target dict."""
     import tvm
-    from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     bad = unsupported_nodes(model)

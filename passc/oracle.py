@@ -36,9 +36,7 @@ class OutputError:
     max_rel: float
 
 
-def random_inputs(
-    specs: list[tuple[str, tuple[int, ...], str]], seed: int = 0
-) -> dict[str, np.ndarray]:
+def random_inputs(specs: list[tuple[str, tuple[int, ...], str]], seed: int = 0) -> dict[str, np.ndarray]:
     """Reproducible inputs for (name, shape, dtype) specs: N(0, 1) floats, small non-negative ints."""
     rng = np.random.default_rng(seed)
     inputs = {}
@@ -67,9 +65,7 @@ def run_onnxruntime(model: ir.Model, inputs: dict[str, np.ndarray]) -> dict[str,
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, inputs), strict=True))
     except Exception as err:

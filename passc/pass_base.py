@@ -87,9 +87,7 @@ def make_options(pass_cls: type[PasscPass], values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields)) or "none"
-        raise UsageError(
-            f"pass {pass_cls.name!r} has no option {unknown[0]!r} (its options: {known})"
-        )
+        raise UsageError(f"pass {pass_cls.name!r} has no option {unknown[0]!r} (its options: {known})")
     typed = {k: _coerce(pass_cls.name, k, hints[k], v) for k, v in values.items()}
     try:
         return pass_cls.Options(**typed)

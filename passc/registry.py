@@ -50,7 +50,9 @@ def _discover() -> None:
         try:
             entry.load()
         except Exception as err:
-            raise UsageError(f"plugin entry point {entry.name!r} ({entry.value}) failed to load: {err}")
+            raise UsageError(
+                f"plugin entry point {entry.name!r} ({entry.value}) failed to load: {err}"
+            ) from err
 
 
 def get_pass(name: str) -> type[PasscPass]:

@@ -70,4 +70,6 @@ def model_stats(model: ir.Model) -> ModelStats:
 
 def op_counts(model: ir.Model) -> Counter[str]:
     """How many nodes of each op type ("domain::Op" outside the default domain)."""
-    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph)
+    return Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph
+    )

@@ -23,6 +23,8 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if [ "${1:-}" = "--dev" ]; then
     echo "setup: installing passc with torch and the test tools into .venv (pip)" >&2
     "${pip[@]}" -e ".[dev,torch]" -e examples/custom_pass
+    # A real pretrained model for the slow tests: PaddleOCR's classifier ships inside this wheel.
+    "${pip[@]}" --no-deps rapidocr-onnxruntime==1.4.4
 else
     echo "setup: installing passc into .venv (pip)" >&2
     "${pip[@]}" -e .

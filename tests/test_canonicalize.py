@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from passc.passes.canonicalize import Canonicalize
 
 from passc import oracle
 from passc.loading import bind_input_shapes, load_model
-from passc.passes.canonicalize import Canonicalize
 
 
 def test_shape_subgraph_folds_after_binding(dynamic_mlp) -> None:

@@ -95,8 +95,17 @@ def test_plugin_pass_runs_from_the_command_line(run_cli, tmp_path: Path) -> None
     )
     plugin = Path(__file__).parent.parent / "examples" / "custom_pass" / "passc_example_pass.py"
     status, stdout, err = run_cli(
-        "compile", model, "--target", "host", "-o", tmp_path / "out", "--plugin", plugin,
-        "--passes", "drop-identity-arith", "--verify-each",
+        "compile",
+        model,
+        "--target",
+        "host",
+        "-o",
+        tmp_path / "out",
+        "--plugin",
+        plugin,
+        "--passes",
+        "drop-identity-arith",
+        "--verify-each",
     )
     assert status == 0, err
     assert "pass drop-identity-arith: modified, nodes 2 -> 1" in err
@@ -106,21 +115,46 @@ def test_plugin_pass_runs_from_the_command_line(run_cli, tmp_path: Path) -> None
     ("make", "args", "code", "message"),
     [
         (lambda d: d / "missing.onnx", [], 2, "model file not found"),
-        (lambda d: _write(d / "junk.onnx", b"\x08\x07garbage\xff\xff not protobuf"), [], 1,
-         "is not a valid ONNX model"),
-        (lambda d: _write(d / "cut.onnx", EXAMPLE.read_bytes()[:3000]), [], 1,
-         "is not a valid ONNX model"),
+        (
+            lambda d: _write(d / "junk.onnx", b"\x08\x07garbage\xff\xff not protobuf"),
+            [],
+            1,
+            "is not a valid ONNX model",
+        ),
+        (
+            lambda d: _write(d / "cut.onnx", EXAMPLE.read_bytes()[:3000]),
+            [],
+            1,
+            "is not a valid ONNX model",
+        ),
         (lambda d: _external(d, delete=True), [], 1, "external data file missing"),
         (lambda d: EXAMPLE, ["--target", "rpi9"], 2, "unknown target 'rpi9'"),
-        (lambda d: EXAMPLE, ["--passes", "canonicalize,fuse-everything"], 2,
-         "unknown pass 'fuse-everything'"),
-        (lambda d: EXAMPLE, ["--pass-option", "canonicalize.speed=11"], 2,
-         "pass 'canonicalize' has no option 'speed'"),
-        (lambda d: EXAMPLE, ["--input-shape", "image:1x3x64x64"], 2,
-         "--input-shape names 'image', but the model's inputs are: input"),
+        (
+            lambda d: EXAMPLE,
+            ["--passes", "canonicalize,fuse-everything"],
+            2,
+            "unknown pass 'fuse-everything'",
+        ),
+        (
+            lambda d: EXAMPLE,
+            ["--pass-option", "canonicalize.speed=11"],
+            2,
+            "pass 'canonicalize' has no option 'speed'",
+        ),
+        (
+            lambda d: EXAMPLE,
+            ["--input-shape", "image:1x3x64x64"],
+            2,
+            "--input-shape names 'image', but the model's inputs are: input",
+        ),
         (lambda d: EXAMPLE, ["--input-shape", "input=1,3"], 2, "bad --input-shape"),
         (lambda d: _unsupported(d), [], 1, "TVM cannot lower op Det (node 'det_node')"),
-        (lambda d: _plugin(d, "raise RuntimeError('boom')"), [], 2, "failed to load: RuntimeError: boom"),
+        (
+            lambda d: _plugin(d, "raise RuntimeError('boom')"),
+            [],
+            2,
+            "failed to load: RuntimeError: boom",
+        ),
     ],
 )
 def test_errors_are_one_line_with_exit_code_and_leave_nothing(
@@ -140,7 +174,10 @@ def test_unbound_dynamic_dim_names_the_input_and_flag(run_cli, tmp_path: Path) -
     out = tmp_path / "art"
     result = run_cli("compile", EXAMPLE, "--target", "host", "-o", out)
     _assert_clean_failure(
-        result, 2, "input 'input' has dynamic shape batchx3x64x64; bind it with --input-shape input:1x3x64x64", out
+        result,
+        2,
+        "input 'input' has dynamic shape batchx3x64x64; bind it with --input-shape input:1x3x64x64",
+        out,
     )
 
 

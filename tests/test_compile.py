@@ -42,9 +42,7 @@ def test_torch_model_on_host_matches_onnxruntime(torch_models, tmp_path: Path, n
 @pytest.mark.parametrize("name", ["cnn", "encoder"])
 def test_torch_model_on_rpi5_under_qemu_matches(torch_models, tmp_path: Path, name: str) -> None:
     path, shapes = torch_models[name]
-    artifact = passc.compile(
-        path, target="rpi5", output=tmp_path / "art", input_shapes=shapes, bundle=True
-    )
+    artifact = passc.compile(path, target="rpi5", output=tmp_path / "art", input_shapes=shapes, bundle=True)
     assert artifact.manifest["target"]["tvm"]["mcpu"] == "cortex-a76"
     inputs = _inputs(artifact)
     _assert_matches(artifact.run(inputs, emulate=True), _reference(path, shapes, inputs))
@@ -68,7 +66,12 @@ def test_rebuild_is_byte_identical(tmp_path: Path) -> None:
         passc.compile(EXAMPLE, target="rpi5", output=out, input_shapes={"input": (1, 3, 64, 64)}, bundle=True)
         builds.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert builds[0].keys() == {
-        "manifest.json", "model.so", "model.onnx", "passc-run", "libtvm_runtime.so", "libtvm_ffi.so"
+        "manifest.json",
+        "model.so",
+        "model.onnx",
+        "passc-run",
+        "libtvm_runtime.so",
+        "libtvm_ffi.so",
     }
     assert builds[0] == builds[1]
     assert str(tmp_path) not in builds[0]["manifest.json"].decode()
@@ -107,12 +110,20 @@ def test_depfile_lists_model_external_data_pipeline_and_plugin(tmp_path: Path) -
     depfile = tmp_path / "model.d"
     out = tmp_path / "out"
     artifact = passc.compile(
-        model_path, target="host", output=out, input_shapes={"input": (1, 3, 64, 64)},
-        pipeline_file=pipeline, plugins=[str(plugin)], depfile=depfile,
+        model_path,
+        target="host",
+        output=out,
+        input_shapes={"input": (1, 3, 64, 64)},
+        pipeline_file=pipeline,
+        plugins=[str(plugin)],
+        depfile=depfile,
     )
     text = depfile.read_text()
     escaped = str(tmp_path / "with data").replace(" ", "\\ ")
     assert text.startswith(f"{out}:")
     assert f"{escaped}/model.onnx" in text and f"{escaped}/weights.bin" in text
     assert str(pipeline) in text and str(plugin) in text
-    assert [p["pass"] for p in artifact.manifest["passes"]] == ["canonicalize", "drop-identity-arith"]
+    assert [p["pass"] for p in artifact.manifest["passes"]] == [
+        "canonicalize",
+        "drop-identity-arith",
+    ]

@@ -63,9 +63,7 @@ class _AddZero(pattern.RewriteRuleClassBase):
         return op.Identity(x)
 
 
-_RULES = pattern.RewriteRuleSet(
-    [_MulByOne.rule(), _AddZero.rule()], commute=True
-)
+_RULES = pattern.RewriteRuleSet([_MulByOne.rule(), _AddZero.rule()], commute=True)
 
 
 @register_pass("drop-identity-arith")
