@@ -237,6 +237,15 @@ def _parser() -> argparse.ArgumentParser:
         help="bind an input's shape, e.g. input:1x3x224x224 (repeatable)",
     )
 
+    inputs = argparse.ArgumentParser(add_help=False)
+    inputs.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="an input (repeatable; default: random)",
+    )
+
     build = argparse.ArgumentParser(add_help=False, parents=[shapes])
     build.add_argument("--target", required=True, help="target name (see `passc targets`)")
     build.add_argument("-o", "--output", help="artifact directory (default build/MODEL.TARGET)")
@@ -275,16 +284,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--depfile", type=Path, help="write a Make-style depfile for build systems")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("verify", parents=[common, build], help="compile, run and compare with onnxruntime")
+    p = sub.add_parser(
+        "verify", parents=[common, build, inputs], help="compile, run and compare with onnxruntime"
+    )
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--emulate", action="store_true", help="run a non-host target under its emulator")
-    p.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME=FILE.npy",
-        help="an input (default: random)",
-    )
     p.add_argument(
         "--tolerance",
         type=float,
@@ -293,15 +297,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("run", parents=[common], help="run an artifact")
+    p = sub.add_parser("run", parents=[common, inputs], help="run an artifact")
     p.add_argument("artifact", help="artifact directory written by `passc compile`")
-    p.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="NAME=FILE.npy",
-        help="an input (default: random)",
-    )
     p.add_argument("-o", "--output", help="write each output to DIR/NAME.npy")
     p.add_argument(
         "--emulate",

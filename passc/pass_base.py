@@ -42,7 +42,7 @@ class PasscPass(ir.passes.InPlacePass):
     @classmethod
     def summary(cls) -> str:
         """The first line of the class docstring."""
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        return next(iter((cls.__doc__ or "").strip().splitlines()), "")
 
 
 def _coerce(pass_name: str, key: str, annotation: Any, value: Any) -> Any:

@@ -127,3 +127,13 @@ def test_depfile_lists_model_external_data_pipeline_and_plugin(tmp_path: Path) -
         "canonicalize",
         "drop-identity-arith",
     ]
+
+
+def test_host_bundle_runs_natively_through_passc_run(tmp_path: Path) -> None:
+    artifact = passc.compile(
+        EXAMPLE, target="host", output=tmp_path / "art", input_shapes={"input": (2, 3, 64, 64)}, bundle=True
+    )
+    inputs = _inputs(artifact)
+    in_process = artifact.run(inputs)
+    through_runner = artifact.run(inputs, emulate=True)
+    assert (in_process["probs"] == through_runner["probs"]).all()

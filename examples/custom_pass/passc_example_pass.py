@@ -29,41 +29,31 @@ def _is_neutral(value: ir.Value, neutral: float, output: ir.Value, data: ir.Valu
     return bool(np.all(tensor.numpy() == neutral))
 
 
-class _MulByOne(pattern.RewriteRuleClassBase):
-    """x * 1 → x (either operand order is matched by the commuted rule set)."""
+class _DropNeutralOperand(pattern.RewriteRuleClassBase):
+    """x ∘ c → x, where c is the neutral element of ∘ (1 for Mul, 0 for Add)."""
+
+    def __init__(self, op_type: str, neutral: float) -> None:
+        super().__init__(name=f"{op_type}-by-{neutral:g}")
+        self._op_type = op_type
+        self._neutral = neutral
 
     def pattern(self, op, x, c):
-        return op.Mul(x, c)
+        return getattr(op, self._op_type)(x, c)
 
     def check(self, context, x, c, **_):
         result = pattern.MatchResult()
-        output = context.root.outputs[0]
-        if not _is_neutral(c, 1.0, output, x):
-            return result.fail("the multiplier is not a constant 1 that keeps x's shape")
+        if not _is_neutral(c, self._neutral, context.root.outputs[0], x):
+            return result.fail(f"the other operand is not a constant {self._neutral:g} that keeps x's shape")
         return result
 
     def rewrite(self, op, x, c):
         return op.Identity(x)
 
 
-class _AddZero(pattern.RewriteRuleClassBase):
-    """x + 0 → x."""
-
-    def pattern(self, op, x, c):
-        return op.Add(x, c)
-
-    def check(self, context, x, c, **_):
-        result = pattern.MatchResult()
-        output = context.root.outputs[0]
-        if not _is_neutral(c, 0.0, output, x):
-            return result.fail("the addend is not a constant 0 that keeps x's shape")
-        return result
-
-    def rewrite(self, op, x, c):
-        return op.Identity(x)
-
-
-_RULES = pattern.RewriteRuleSet([_MulByOne.rule(), _AddZero.rule()], commute=True)
+# commute=True also matches the constant as the first operand (1 * x, 0 + x).
+_RULES = pattern.RewriteRuleSet(
+    [_DropNeutralOperand.rule("Mul", 1.0), _DropNeutralOperand.rule("Add", 0.0)], commute=True
+)
 
 
 @register_pass("drop-identity-arith")
