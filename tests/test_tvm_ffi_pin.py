@@ -12,7 +12,7 @@ import tvm
 from tvm import relax
 ty = relax.TensorType((1, 3, 224, 224), "float32")
 text = tvm.ir.save_json(ty)
-assert tvm.ir.structural_equal(tvm.ir.load_json(text), ty)
+tvm.ir.assert_structural_equal(tvm.ir.load_json(text), ty)
 var = tvm.tirx.Var("n", "int64")
 assert '"int64"' in tvm.ir.save_json(var)
 print("ok")
