@@ -22,12 +22,15 @@ from passc.errors import PasscError, UsageError
 from passc.lowering import HostModule
 from passc.targets import Target, get_target
 
-__all__ = ["Artifact", "write_artifact", "write_depfile", "MANIFEST", "LIBRARY"]
+__all__ = ["Artifact", "write_artifact", "write_depfile", "MANIFEST", "LIBRARY", "ENTRY", "FORMAT_VERSION"]
 
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 OPTIMIZED_MODEL = "model.onnx"
 FORMAT_VERSION = 1
+# The compiled function that `run` calls; the manifest lists signatures per function so that
+# artifacts with several entry points (a router and sub-networks, a training step) fit.
+ENTRY = "main"
 
 
 def _sha256(path: Path) -> str:
@@ -82,11 +85,13 @@ class Artifact:
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
-        return self.manifest["inputs"]
+        """The entry point's inputs: name, shape, dtype, in call order."""
+        return self.manifest["functions"][ENTRY]["inputs"]
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
-        return self.manifest["outputs"]
+        """The entry point's outputs: name, shape, dtype, in return order."""
+        return self.manifest["functions"][ENTRY]["outputs"]
 
     @property
     def bundled(self) -> bool:
@@ -132,7 +137,7 @@ class Artifact:
         else:
             if self._host_module is None:
                 self._host_module = HostModule(self.path / LIBRARY)
-            results = self._host_module(*arrays)
+            results = self._host_module(ENTRY, *arrays)
         return {spec["name"]: r for spec, r in zip(self.outputs, results, strict=True)}
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:

@@ -11,7 +11,15 @@ from typing import Any
 import onnx_ir as ir
 
 from passc import __version__
-from passc.artifact import LIBRARY, OPTIMIZED_MODEL, Artifact, write_artifact, write_depfile
+from passc.artifact import (
+    ENTRY,
+    FORMAT_VERSION,
+    LIBRARY,
+    OPTIMIZED_MODEL,
+    Artifact,
+    write_artifact,
+    write_depfile,
+)
 from passc.bundle import bundle_files
 from passc.errors import PasscError
 from passc.loading import bind_input_shapes, load_model, require_static_shapes
@@ -87,7 +95,7 @@ def compile_model(
                 shutil.copyfile(source, tmp / name)
                 shutil.copymode(source, tmp / name)
         return {
-            "format": 1,
+            "format": FORMAT_VERSION,
             "passc": __version__,
             "tvm": tvm_versions(),
             "target": {
@@ -97,8 +105,12 @@ def compile_model(
                 "threads": target.threads,
             },
             "source_sha256": loaded.sha256,
-            "inputs": [s.as_dict() for s in lowered.inputs],
-            "outputs": [s.as_dict() for s in lowered.outputs],
+            "functions": {
+                ENTRY: {
+                    "inputs": [s.as_dict() for s in lowered.inputs],
+                    "outputs": [s.as_dict() for s in lowered.outputs],
+                }
+            },
             "kernels": lowered.kernels,
             "passes": [r.as_manifest() for r in records],
         }

@@ -149,7 +149,7 @@ def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
 
 
 class HostModule:
-    """A model.so for this machine, loaded through TVM's runtime; call it with numpy arrays."""
+    """A model.so for this machine, loaded through TVM's runtime; call its functions with numpy."""
 
     def __init__(self, path: Path) -> None:
         import tvm
@@ -158,9 +158,10 @@ class HostModule:
         self._tvm = tvm
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
 
-    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, function: str, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Calls the compiled function `function` on the inputs; returns its outputs."""
         tensors = [self._tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs]
-        result = self._vm["main"](*tensors)
+        result = self._vm[function](*tensors)
         if isinstance(result, self._tvm.runtime.Tensor):
             return [result.numpy()]
         return [r.numpy() for r in result]

@@ -82,8 +82,12 @@ def test_manifest_describes_the_artifact(tmp_path: Path) -> None:
     artifact = passc.compile(EXAMPLE, target="host", output=out, input_shapes={"input": (2, 3, 64, 64)})
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest == artifact.manifest
-    assert manifest["inputs"] == [{"name": "input", "shape": [2, 3, 64, 64], "dtype": "float32"}]
-    assert manifest["outputs"] == [{"name": "probs", "shape": [2, 10], "dtype": "float32"}]
+    assert manifest["functions"] == {
+        "main": {
+            "inputs": [{"name": "input", "shape": [2, 3, 64, 64], "dtype": "float32"}],
+            "outputs": [{"name": "probs", "shape": [2, 10], "dtype": "float32"}],
+        }
+    }
     assert manifest["target"]["name"] == "host"
     assert set(manifest["tvm"]) == {"apache-tvm", "apache-tvm-ffi"}
     assert manifest["tvm"]["apache-tvm-ffi"] == "0.1.14.post1"

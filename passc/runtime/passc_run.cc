@@ -2,8 +2,8 @@
 //
 //   passc-run model.so in_1.bin ... in_N.bin out_1.bin ... out_M.bin
 //
-// The inputs and outputs (names, shapes, dtypes, order) are read from manifest.json beside
-// model.so. Each .bin file holds one tensor's raw bytes, C order, little endian: exactly
+// The inputs and outputs of the model's "main" function (names, shapes, dtypes, order) are read
+// from manifest.json beside model.so. Each .bin file holds one tensor's raw bytes, C order, little endian: exactly
 // prod(shape) * itemsize bytes. TVM_NUM_THREADS sets the number of worker threads.
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
@@ -24,6 +24,8 @@
 namespace ffi = tvm::ffi;
 
 namespace {
+
+constexpr const char* kEntry = "main";
 
 struct CPUAlloc {
   void AllocData(DLTensor* t) { t->data = std::malloc(std::max<size_t>(ffi::GetDataSize(*t), 1)); }
@@ -110,8 +112,11 @@ int main(int argc, char** argv) {
     size_t slash = so_path.find_last_of('/');
     std::string dir = so_path.substr(0, slash);
     auto manifest = ffi::json::Parse(ReadFile(dir + "/manifest.json")).cast<ffi::json::Object>();
-    std::vector<TensorSpec> inputs = ReadSpecs(manifest, "inputs");
-    std::vector<TensorSpec> outputs = ReadSpecs(manifest, "outputs");
+    // The manifest lists each entry point's signature under "functions"; this runs "main".
+    auto signature =
+        manifest.at("functions").cast<ffi::json::Object>().at(kEntry).cast<ffi::json::Object>();
+    std::vector<TensorSpec> inputs = ReadSpecs(signature, "inputs");
+    std::vector<TensorSpec> outputs = ReadSpecs(signature, "outputs");
     size_t want = 2 + inputs.size() + outputs.size();
     if (static_cast<size_t>(argc) != want) {
       std::cerr << "usage: passc-run model.so";
@@ -125,7 +130,7 @@ int main(int argc, char** argv) {
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
     // (device type, device id, allocator) for the CPU; 2 = pooled allocator.
     vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
-    ffi::Function main_fn = vm->GetFunction("main").value();
+    ffi::Function main_fn = vm->GetFunction(kEntry).value();
 
     std::vector<ffi::Any> args;
     for (size_t i = 0; i < inputs.size(); ++i) args.push_back(LoadInput(inputs[i], argv[2 + i]));
