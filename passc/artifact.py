@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -121,23 +120,21 @@ class Artifact:
     def run(self, inputs: dict[str, Any], *, emulate: bool = False) -> dict[str, np.ndarray]:
         """Runs the model: in-process on the host, or through the bundled runner.
 
-        With `emulate` (or for a target this machine cannot run), the bundled `passc-run` runs
-        the model, under the target's emulator if its ISA differs from the host's.
+        With `emulate`, the bundled `passc-run` runs the model, under the target's emulator if
+        its ISA differs from the host's.
         """
         arrays = self._check_inputs(inputs)
-        if emulate or not self.target.runs_on_host:
-            if not self.target.runs_on_host and not self.target.emulator:
-                raise UsageError(f"target {self.target.name} has no emulator; run it on the device")
-            if not emulate:
-                raise UsageError(
-                    f"{self.path} is built for {self.target.arch}; run it under emulation with "
-                    "--emulate (emulate=True) or on the device with passc-run"
-                )
+        if emulate:
             results = self._run_bundled(arrays)
-        else:
+        elif self.target.runs_on_host:
             if self._host_module is None:
                 self._host_module = HostModule(self.path / LIBRARY)
             results = self._host_module(ENTRY, *arrays)
+        else:
+            raise UsageError(
+                f"{self.path} is built for {self.target.arch}; run it under emulation with "
+                "--emulate (emulate=True) or on the device with passc-run"
+            )
         return {spec["name"]: r for spec, r in zip(self.outputs, results, strict=True)}
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
@@ -146,15 +143,7 @@ class Artifact:
     def _run_bundled(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         if not self.bundled:
             raise UsageError(f"{self.path} has no bundled runner; compile it with --bundle")
-        command: list[str] = []
-        if not self.target.runs_on_host:
-            emulator = self.target.emulator
-            if shutil.which(emulator[0]) is None:
-                raise PasscError(
-                    f"{emulator[0]} not found (install it: apt-get install "
-                    f"{self.target.emulator_apt_package})"
-                )
-            command += list(emulator)
+        command = [] if self.target.runs_on_host else self.target.require_emulator()
         with tempfile.TemporaryDirectory(prefix="passc-run-") as tmp:
             in_files = [Path(tmp) / f"in{i}.bin" for i in range(len(arrays))]
             out_files = [Path(tmp) / f"out{i}.bin" for i in range(len(self.outputs))]

@@ -85,25 +85,21 @@ def _runtime_dir(target: Target) -> Path:
 
 def _build_runner(target: Target, runtime: Path) -> Path:
     """Compiles passc-run for the target against its runtime libraries; cached by input hash."""
-    if shutil.which(target.cxx) is None:
-        raise PasscError(
-            f"C++ toolchain {target.cxx!r} for target {target.name!r} not found "
-            f"(install it: apt-get install {target.cxx_apt_package})"
-        )
+    cxx = target.require_cxx()
     source = resources.files("passc.runtime").joinpath("passc_run.cc").read_bytes()
     key = hashlib.sha256(source + target.cxx.encode() + runtime.name.encode()).hexdigest()[:16]
 
     def fill(tmp: Path) -> None:
         (tmp / "passc_run.cc").write_bytes(source)
         command = [
-            target.cxx, "-std=c++17", "-O2", "-I", str(runtime / "include"),
+            cxx, "-std=c++17", "-O2", "-I", str(runtime / "include"),
             "passc_run.cc", "-o", "passc-run",
             "-L", str(runtime), "-Wl,--no-as-needed", "-ltvm_ffi", "-ltvm_runtime",
             "-Wl,-rpath,$ORIGIN", "-Wl,--build-id=none",
         ]  # fmt: skip
         done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
         if done.returncode != 0:
-            raise PasscError(f"building passc-run with {target.cxx} failed:\n{done.stderr.strip()}")
+            raise PasscError(f"building passc-run with {cxx} failed:\n{done.stderr.strip()}")
 
     runner_dir = cache_dir() / "runners" / f"{target.name}-{key}"
     return build_directory(runner_dir, fill, replace=False) / "passc-run"

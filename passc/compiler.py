@@ -21,7 +21,6 @@ from passc.artifact import (
     write_depfile,
 )
 from passc.bundle import bundle_files
-from passc.errors import PasscError
 from passc.loading import bind_input_shapes, load_model, require_static_shapes
 from passc.lowering import lower, tvm_versions
 from passc.pipeline import PassRecord, build_pipeline, run_pipeline
@@ -69,11 +68,7 @@ def compile_model(
     target = target if isinstance(target, Target) else get_target(target)
     pipeline_path = Path(pipeline_file) if pipeline_file is not None else None
     specs = build_pipeline(target.default_passes, passes, pass_options, pipeline_path)
-    if shutil.which(target.cxx) is None:
-        raise PasscError(
-            f"C++ toolchain {target.cxx!r} for target {target.name!r} not found "
-            f"(install it: apt-get install {target.cxx_apt_package})"
-        )
+    target.require_cxx()
 
     progress(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
     loaded = load_model(model, example_inputs)

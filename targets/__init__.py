@@ -8,12 +8,13 @@ host cannot run natively), the default thread count and the default pass list.
 from __future__ import annotations
 
 import platform
+import shutil
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from passc.errors import UsageError
+from passc.errors import PasscError, UsageError
 
 __all__ = ["Target", "get_target", "all_targets"]
 
@@ -35,10 +36,27 @@ class Target:
     emulator: tuple[str, ...] = ()
     emulator_apt_package: str = ""
 
+    def require_cxx(self) -> str:
+        """The C++ toolchain's command; a PasscError saying what to install if it is missing."""
+        return _require(self.cxx, self.cxx_apt_package)
+
+    def require_emulator(self) -> list[str]:
+        """The emulator command line; a PasscError saying what to install if it is missing."""
+        if not self.emulator:
+            raise UsageError(f"target {self.name} has no emulator; run its artifacts on the device")
+        _require(self.emulator[0], self.emulator_apt_package)
+        return list(self.emulator)
+
     @property
     def runs_on_host(self) -> bool:
         """True when this machine can run the target's binaries without an emulator."""
         return self.arch == platform.machine()
+
+
+def _require(command: str, apt_package: str) -> str:
+    if shutil.which(command) is None:
+        raise PasscError(f"{command} not found (install it: apt-get install {apt_package})")
+    return command
 
 
 def _parse(name: str, data: dict[str, Any]) -> Target:
