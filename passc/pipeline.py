@@ -7,7 +7,7 @@ A pipeline comes from the target's default pass list, or `--passes a,b,c`, or a 
     scale = 2.0
 
 `--pass-option name.key=value` overrides options from any of them. Canonicalisation always runs
-first (it folds the shape sub-graphs TVM cannot lower), whether or not the list names it.
+first (it folds the shape sub-graphs TVM cannot lower); a list may run it again later too.
 """
 
 from __future__ import annotations
@@ -91,7 +91,10 @@ def _read_pipeline_file(path: Path) -> tuple[list[str], dict[str, dict[str, Any]
     passes = data.get("passes", [])
     if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
         raise UsageError(f"pipeline file {path}: 'passes' must be a list of pass names")
-    return passes, data.get("options", {})
+    options = data.get("options", {})
+    if not all(isinstance(v, dict) for v in options.values()):
+        raise UsageError(f"pipeline file {path}: each [options.PASS] must be a table of KEY = VALUE")
+    return passes, options
 
 
 def build_pipeline(
@@ -115,9 +118,8 @@ def build_pipeline(
         for text in pass_options or []:
             name, key, value = parse_pass_option(text)
             options.setdefault(name, {})[key] = value
-    if FIRST_PASS in names:
-        names.remove(FIRST_PASS)
-    names.insert(0, FIRST_PASS)
+    if names[:1] != [FIRST_PASS]:
+        names.insert(0, FIRST_PASS)
     for name in options:
         if name not in names:
             get_pass(name)  # an unknown pass name is the clearer error

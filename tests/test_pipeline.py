@@ -33,6 +33,8 @@ def test_default_pipeline_starts_with_canonicalize() -> None:
     assert build_pipeline(("canonicalize",)) == [PassSpec("canonicalize")]
     specs = build_pipeline(("canonicalize",), passes=["test-scale-weights"])
     assert [s.name for s in specs] == ["canonicalize", "test-scale-weights"]
+    specs = build_pipeline((), passes=["test-scale-weights", "canonicalize"])
+    assert [s.name for s in specs] == ["canonicalize", "test-scale-weights", "canonicalize"]
 
 
 def test_pass_options_from_the_command_line() -> None:
@@ -72,6 +74,9 @@ def test_bad_pipeline_file(tmp_path: Path) -> None:
         build_pipeline((), pipeline_file=path)
     path.write_text('pases = ["canonicalize"]\n')
     with pytest.raises(UsageError, match="unknown key 'pases'"):
+        build_pipeline((), pipeline_file=path)
+    path.write_text('passes = ["canonicalize"]\noptions = { canonicalize = 3 }\n')
+    with pytest.raises(UsageError, match="must be a table"):
         build_pipeline((), pipeline_file=path)
 
 
