@@ -141,3 +141,13 @@ def test_host_bundle_runs_natively_through_passc_run(tmp_path: Path) -> None:
     in_process = artifact.run(inputs)
     through_runner = artifact.run(inputs, emulate=True)
     assert (in_process["probs"] == through_runner["probs"]).all()
+
+
+@pytest.mark.parametrize("target", ["rpi4", "aarch64"])
+def test_other_arm_targets_run_under_their_emulated_cpu(tmp_path: Path, target: str) -> None:
+    shapes = {"input": (1, 3, 64, 64)}
+    artifact = passc.compile(
+        EXAMPLE, target=target, output=tmp_path / "art", input_shapes=shapes, bundle=True
+    )
+    inputs = _inputs(artifact)
+    _assert_matches(artifact.run(inputs, emulate=True), _reference(EXAMPLE, shapes, inputs))
