@@ -224,9 +224,17 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    def global_flags(default: object) -> argparse.ArgumentParser:
+        # Accepted before and after the command; SUPPRESS keeps a sub-command's parser from
+        # resetting a flag given before the command (`passc --debug compile …`).
+        flags = argparse.ArgumentParser(add_help=False)
+        flags.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
+        flags.add_argument(
+            "-q", "--quiet", action="store_true", default=default, help="no progress on stderr"
+        )
+        return flags
+
+    common = global_flags(argparse.SUPPRESS)
 
     shapes = argparse.ArgumentParser(add_help=False)
     shapes.add_argument(
@@ -271,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         help="check the model against onnxruntime after every pass",
     )
 
-    parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[common])
+    parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[global_flags(False)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("compile", parents=[common, build], help="compile a model into an artifact")

@@ -196,8 +196,11 @@ def test_missing_qemu_says_what_to_install(run_cli, tmp_path: Path, monkeypatch)
     assert status == 1 and "qemu-aarch64 not found (install it: apt-get install qemu-user)" in err
 
 
-def test_debug_shows_the_traceback(run_cli, tmp_path: Path) -> None:
-    status, _, err = run_cli("compile", tmp_path / "missing.onnx", "--target", "host", "--debug")
+@pytest.mark.parametrize("before_command", [True, False])
+def test_debug_shows_the_traceback(run_cli, tmp_path: Path, before_command: bool) -> None:
+    args = ["compile", tmp_path / "missing.onnx", "--target", "host"]
+    args = ["--debug", *args] if before_command else [*args, "--debug"]
+    status, _, err = run_cli(*args)
     assert status == 2 and "Traceback" in err
 
 
