@@ -6,7 +6,6 @@ the same model gives byte-identical files. It is written whole or not at all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ import numpy as np
 
 from passc.atomic import build_directory
 from passc.errors import PasscError, UsageError
+from passc.loading import sha256_file
 from passc.lowering import HostModule
 from passc.targets import Target, get_target
 
@@ -32,10 +32,6 @@ FORMAT_VERSION = 1
 ENTRY = "main"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_artifact(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
     """Creates the artifact directory atomically.
 
@@ -48,7 +44,7 @@ def write_artifact(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
 
     def build(tmp: Path) -> None:
         manifest = fill(tmp)
-        manifest["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         (tmp / MANIFEST).write_text(text)
 
@@ -91,6 +87,12 @@ class Artifact:
     def outputs(self) -> list[dict[str, Any]]:
         """The entry point's outputs: name, shape, dtype, in return order."""
         return self.manifest["functions"][ENTRY]["outputs"]
+
+    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Reproducible random inputs of the entry point's shapes and dtypes."""
+        from passc import oracle  # imports onnxruntime: only when asked
+
+        return oracle.random_inputs([(s["name"], tuple(s["shape"]), s["dtype"]) for s in self.inputs], seed)
 
     @property
     def bundled(self) -> bool:

@@ -125,11 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     artifact = Artifact(args.artifact)
     inputs = _read_inputs(args.input)
     if not inputs:
-        from passc import oracle
-
         _say(args)("no --input given: running on random inputs")
-        specs = [(s["name"], tuple(s["shape"]), s["dtype"]) for s in artifact.inputs]
-        inputs = oracle.random_inputs(specs)
+        inputs = artifact.random_inputs()
     outputs = artifact.run(inputs, emulate=args.emulate)
     if args.output:
         out_dir = Path(args.output)

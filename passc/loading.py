@@ -21,6 +21,7 @@ __all__ = [
     "bind_input_shapes",
     "require_static_shapes",
     "is_static_dim",
+    "sha256_file",
 ]
 
 
@@ -33,12 +34,17 @@ class LoadedModel:
     dependencies: list[Path]  # the model file and its external data files
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _from_proto(proto: onnx.ModelProto) -> LoadedModel:
+    """An in-memory model: hashed as serialized, converted to a fresh `ir.Model` (passes work in
+    place, so the caller's model is never changed)."""
+    digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    return LoadedModel(ir.from_proto(proto), digest, [])
 
 
 def _external_data_files(proto: onnx.ModelProto, base: Path) -> list[Path]:
@@ -67,7 +73,7 @@ def _load_onnx_file(path: Path) -> LoadedModel:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as err:
         raise PasscError(f"{path}: cannot read external data: {err}") from None
-    return LoadedModel(ir.from_proto(proto), _sha256_file(path), [path, *external])
+    return LoadedModel(ir.from_proto(proto), sha256_file(path), [path, *external])
 
 
 def _export_torch(module: Any, example_inputs: tuple[Any, ...] | None) -> LoadedModel:
@@ -79,9 +85,7 @@ def _export_torch(module: Any, example_inputs: tuple[Any, ...] | None) -> Loaded
         program = torch.onnx.export(module, tuple(example_inputs), dynamo=True, verbose=False)
     except Exception as err:
         raise PasscError(f"torch.export of {type(module).__name__} failed: {err}") from None
-    model = program.model
-    digest = hashlib.sha256(ir.to_proto(model).SerializeToString(deterministic=True)).hexdigest()
-    return LoadedModel(model, digest, [])
+    return _from_proto(ir.to_proto(program.model))
 
 
 def load_model(source: Any, example_inputs: tuple[Any, ...] | None = None) -> LoadedModel:
@@ -89,12 +93,9 @@ def load_model(source: Any, example_inputs: tuple[Any, ...] | None = None) -> Lo
     if isinstance(source, str | Path):
         return _load_onnx_file(Path(source))
     if isinstance(source, onnx.ModelProto):
-        digest = hashlib.sha256(source.SerializeToString(deterministic=True)).hexdigest()
-        return LoadedModel(ir.from_proto(source), digest, [])
+        return _from_proto(source)
     if isinstance(source, ir.Model):
-        proto = ir.to_proto(source)  # passes work in place: compile a copy, not the caller's model
-        digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
-        return LoadedModel(ir.from_proto(proto), digest, [])
+        return _from_proto(ir.to_proto(source))
     if type(source).__module__.startswith("torch") or hasattr(source, "forward"):
         return _export_torch(source, example_inputs)
     raise UsageError(f"cannot compile a {type(source).__name__}: give an .onnx path or a torch module")

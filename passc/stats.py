@@ -57,8 +57,7 @@ def model_stats(model: ir.Model) -> ModelStats:
     """Counts over the main graph (nodes in sub-graphs are not counted)."""
     graph = model.graph
     params = sum(
-        math.prod(v.shape) if v.shape is not None and all(isinstance(d, int) for d in v.shape) else 0
-        for v in graph.initializers.values()
+        math.prod(shape) for v in graph.initializers.values() if (shape := _static_shape(v)) is not None
     )
     return ModelStats(
         nodes=len(graph),

@@ -60,8 +60,7 @@ def verify_model(
         )
         artifact = compiled.artifact
         if inputs is None:
-            specs = [(s["name"], tuple(s["shape"]), s["dtype"]) for s in artifact.inputs]
-            inputs = oracle.random_inputs(specs)
+            inputs = artifact.random_inputs()
         actual = artifact.run(inputs, emulate=emulate)
     original = load_model(model).model
     if input_shapes:

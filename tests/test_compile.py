@@ -22,10 +22,6 @@ def _reference(path: Path, shapes: dict, inputs: dict) -> dict:
     return oracle.run_onnxruntime(model, inputs)
 
 
-def _inputs(artifact: passc.Artifact) -> dict:
-    return oracle.random_inputs([(s["name"], tuple(s["shape"]), s["dtype"]) for s in artifact.inputs])
-
-
 def _assert_matches(actual: dict, expected: dict) -> None:
     for error in oracle.compare(actual, expected):
         assert error.max_rel <= TOLERANCE, error
@@ -35,7 +31,7 @@ def _assert_matches(actual: dict, expected: dict) -> None:
 def test_torch_model_on_host_matches_onnxruntime(torch_models, tmp_path: Path, name: str) -> None:
     path, shapes = torch_models[name]
     artifact = passc.compile(path, target="host", output=tmp_path / "art", input_shapes=shapes)
-    inputs = _inputs(artifact)
+    inputs = artifact.random_inputs()
     _assert_matches(artifact(**inputs), _reference(path, shapes, inputs))
 
 
@@ -44,7 +40,7 @@ def test_torch_model_on_rpi5_under_qemu_matches(torch_models, tmp_path: Path, na
     path, shapes = torch_models[name]
     artifact = passc.compile(path, target="rpi5", output=tmp_path / "art", input_shapes=shapes, bundle=True)
     assert artifact.manifest["target"]["tvm"]["mcpu"] == "cortex-a76"
-    inputs = _inputs(artifact)
+    inputs = artifact.random_inputs()
     _assert_matches(artifact.run(inputs, emulate=True), _reference(path, shapes, inputs))
 
 
@@ -137,7 +133,7 @@ def test_host_bundle_runs_natively_through_passc_run(tmp_path: Path) -> None:
     artifact = passc.compile(
         EXAMPLE, target="host", output=tmp_path / "art", input_shapes={"input": (2, 3, 64, 64)}, bundle=True
     )
-    inputs = _inputs(artifact)
+    inputs = artifact.random_inputs()
     in_process = artifact.run(inputs)
     through_runner = artifact.run(inputs, emulate=True)
     assert (in_process["probs"] == through_runner["probs"]).all()
@@ -149,5 +145,5 @@ def test_other_arm_targets_run_under_their_emulated_cpu(tmp_path: Path, target: 
     artifact = passc.compile(
         EXAMPLE, target=target, output=tmp_path / "art", input_shapes=shapes, bundle=True
     )
-    inputs = _inputs(artifact)
+    inputs = artifact.random_inputs()
     _assert_matches(artifact.run(inputs, emulate=True), _reference(EXAMPLE, shapes, inputs))
