@@ -1,0 +1,90 @@
+"""Collapsible linear block folding (SESR) and general linear folding: `fold-linear-blocks`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+
+import onnx_ir as ir
+from onnxscript.rewriter import RewriteRuleSet
+from passc.passes.fold_linear_blocks.conv_rules import FoldBatchNormIntoConv, FoldBranchSum, FoldConvIntoConv
+from passc.passes.fold_linear_blocks.matmul_rules import (
+    FoldBiasedMatMulChain,
+    FoldGemmChain,
+    FoldMatMulChain,
+    MergeChainBiases,
+)
+
+from passc.errors import UsageError
+from passc.pass_base import PasscPass
+from passc.registry import register_pass
+
+__all__ = ["FoldLinearBlocks"]
+
+logger = logging.getLogger(__name__)
+
+
+@register_pass("fold-linear-blocks")
+class FoldLinearBlocks(PasscPass):
+    """Folds chains and sums of linear ops (conv → 1×1 conv, BatchNorm, residual, MatMul chains) into one op.
+
+    Math (A then B, both convolutions, B 1×1):  W[o,c,:] = Σ_p W_B[o,p] · W_A[p,c,:],  b = W_B·b_A + b_B.
+    BatchNorm: W ← W·γ/√(σ²+ε), b ← (b − μ)·γ/√(σ²+ε) + β.  A residual Add of the block input adds 1 at
+    the centre tap of W[o,o]; parallel branches add their kernels tap by tap; k×k chains compose into
+    the full convolution of their kernels.  MatMul chains: W = W1·W2, b = b1·W2 + b2.
+    Exact in real arithmetic (tolerance 0); it never folds across a non-linearity, through a tensor
+    with a second consumer, or where padding, stride or grouping would make the result differ.
+    """
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Options:
+        max_kernel: int = dataclasses.field(
+            default=7, metadata={"help": "never grow a folded conv kernel past this size"}
+        )
+        allow_mac_increase: bool = dataclasses.field(
+            default=False, metadata={"help": "fold even where the folded op costs more MACs"}
+        )
+        max_rounds: int = dataclasses.field(
+            default=100, metadata={"help": "rewrite rounds; each folds one step of every chain"}
+        )
+
+        def __post_init__(self) -> None:
+            if self.max_kernel < 1:
+                raise UsageError("fold-linear-blocks.max_kernel must be at least 1")
+            if self.max_rounds < 1:
+                raise UsageError("fold-linear-blocks.max_rounds must be at least 1")
+
+    def __init__(self, options: Options | None = None) -> None:
+        super().__init__(options)
+        self.fired: Counter[str] = Counter()
+
+    def rules(self) -> RewriteRuleSet:
+        o, fired = self.options, self.fired
+        conv = {"max_kernel": o.max_kernel, "allow_mac_increase": o.allow_mac_increase}
+        return RewriteRuleSet(
+            [
+                FoldBatchNormIntoConv.rule("conv-batchnorm", fired),
+                FoldConvIntoConv.rule("conv-conv", fired, **conv),
+                FoldBranchSum.rule("conv-plus-conv", fired, "Conv", **conv),
+                FoldBranchSum.rule("conv-plus-identity", fired, None, **conv),
+                FoldBranchSum.rule("conv-plus-batchnorm", fired, "BatchNormalization", **conv),
+                FoldMatMulChain.rule("matmul-matmul", fired, o.allow_mac_increase),
+                FoldBiasedMatMulChain.rule("matmul-add-matmul", fired, o.allow_mac_increase),
+                MergeChainBiases.rule("merge-chain-biases", fired),
+                FoldGemmChain.rule("gemm-gemm", fired, o.allow_mac_increase),
+            ],
+            commute=True,
+        )
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.fired.clear()
+        rules = self.rules()
+        for _ in range(self.options.max_rounds):
+            if not rules.apply_to_model(model):
+                break
+        modified = bool(self.fired)
+        if modified:
+            ir.passes.common.RemoveUnusedNodesPass()(model)  # the replaced weights
+            logger.info("fold-linear-blocks: %s", dict(self.fired))
+        return ir.passes.PassResult(model, modified=modified)

@@ -1,0 +1,47 @@
+"""What every folding rule shares: reading constants, naming new initializers, counting rewrites."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+
+__all__ = ["FoldRule", "constant"]
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant contents (an initializer or folded Constant), or None."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    return value.const_value.numpy()
+
+
+class FoldRule(RewriteRuleClassBase):
+    """A rewrite rule that counts its rewrites in `fired` and names new initializers uniquely.
+
+    `check` calls `remember(context, out)` once a match is accepted; `rewrite` calls `count()` and
+    creates initializers with `initializer(op, suffix, array)`, cast to the replaced output's dtype.
+    """
+
+    def __init__(self, name: str, fired: Counter[str]) -> None:
+        super().__init__(name)
+        self.fired = fired
+
+    def count(self) -> None:
+        self.fired[self.name] += 1
+
+    def remember(self, context, out: ir.Value) -> None:
+        self._graph = context.graph_or_function
+        self._dtype = out.dtype.numpy() if out.dtype is not None else np.dtype(np.float32)
+        self._base = out.name or "folded"
+
+    def initializer(self, op, suffix: str, array: np.ndarray) -> ir.Value:
+        """A new initializer holding `array`, never clashing with one the graph holds."""
+        base = name = f"{self._base}_{suffix}"
+        n = 0
+        while name in self._graph.initializers:
+            n += 1
+            name = f"{base}_{n}"
+        return op.initializer(ir.tensor(array.astype(self._dtype)), name=name)
