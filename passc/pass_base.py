@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections import Counter
 from typing import Any, ClassVar
 
 import onnx_ir as ir
@@ -24,6 +25,7 @@ class PasscPass(ir.passes.InPlacePass):
 
     `tolerance` is the relative output error the pass may introduce beyond float rounding:
     0 for exact rewrites; a lossy pass states its bound. `--verify-each` checks it.
+    `fired` counts what the last run rewrote, by rule name; the pass log and manifest show it.
     """
 
     name: ClassVar[str] = ""
@@ -35,6 +37,7 @@ class PasscPass(ir.passes.InPlacePass):
 
     def __init__(self, options: Any = None) -> None:
         super().__init__()
+        self.fired: Counter[str] = Counter()
         self.options = self.Options() if options is None else options
         if not isinstance(self.options, self.Options):
             raise UsageError(f"pass {self.name!r}: options must be {self.Options.__qualname__}")

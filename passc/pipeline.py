@@ -56,6 +56,7 @@ class PassRecord:
     seconds: float
     before: ModelStats
     after: ModelStats
+    fired: dict[str, int] = field(default_factory=dict)  # rewrites by rule name
     max_rel_error: float | None = None  # set by --verify-each
 
     def as_manifest(self) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class PassRecord:
             "pass": self.name,
             "options": self.options,
             "modified": self.modified,
+            "fired": self.fired,
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
         }
@@ -174,11 +176,15 @@ def run_pipeline(
                 )
         after = model_stats(model)
         options = dataclasses.asdict(instance.options)
-        records.append(PassRecord(spec.name, options, result.modified, seconds, before, after, max_rel))
+        fired = dict(sorted(instance.fired.items()))
+        records.append(
+            PassRecord(spec.name, options, result.modified, seconds, before, after, fired, max_rel)
+        )
         checked = "" if max_rel is None else f", max rel err {max_rel:.2g}"
+        rules = "".join(f", {rule} x{count}" for rule, count in fired.items())
         progress(
             f"pass {spec.name}: {'modified' if result.modified else 'unchanged'}, "
             f"nodes {before.nodes} -> {after.nodes}, MACs {before.macs} -> {after.macs}, "
-            f"{seconds:.2f}s{checked}"
+            f"{seconds:.2f}s{rules}{checked}"
         )
     return records
