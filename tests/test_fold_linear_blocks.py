@@ -91,6 +91,17 @@ def test_collapsible_block_with_residual_folds_to_one_conv() -> None:
     assert stats.macs * 4 < macs and stats.initializers == 2
 
 
+def test_residual_lands_on_the_tap_its_padding_selects() -> None:
+    model = _model(
+        X16,
+        """t = Conv<pads = [2, 0, 0, 2]>(x, w)
+           y = Add(x, t)""",
+        w=_w(16, 16, 3, 3),
+    )
+    modified, ops, _ = _fold(model)
+    assert modified and ops == ["Conv"]
+
+
 def test_batchnorm_between_and_after_folds() -> None:
     model = _model(
         X16,
@@ -223,6 +234,9 @@ NEAR_MISSES = {
         y = Add(t, c)""",
     "grouped conv": """a = Conv<group = 16>(x, wg, b1)
         y = Conv(a, w2, b2)""",
+    "branches with different dilations": """a = Conv<pads = [2, 2, 2, 2], dilations = [2, 2]>(x, w3)
+        b = Conv<pads = [1, 1, 1, 1]>(x, w3b)
+        y = Add(a, b)""",
 }
 
 
@@ -238,6 +252,7 @@ def test_near_misses_are_left_alone(case: str) -> None:
         "w3": _w(16, 16, 3, 3),
         "wg": _w(64, 1, 1, 1),
         "wc": _w(16, 1, 3, 3),
+        "w3b": _w(16, 16, 3, 3),
     }
     body = NEAR_MISSES[case]
     model = _model(X16, body, **{k: v for k, v in weights.items() if f"{k})" in body or f"{k}," in body})
