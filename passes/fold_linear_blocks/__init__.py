@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
 
 import onnx_ir as ir
 from onnxscript.rewriter import RewriteRuleSet
@@ -54,10 +53,6 @@ class FoldLinearBlocks(PasscPass):
                 raise UsageError("fold-linear-blocks.max_kernel must be at least 1")
             if self.max_rounds < 1:
                 raise UsageError("fold-linear-blocks.max_rounds must be at least 1")
-
-    def __init__(self, options: Options | None = None) -> None:
-        super().__init__(options)
-        self.fired: Counter[str] = Counter()
 
     def rules(self) -> RewriteRuleSet:
         o, fired = self.options, self.fired
