@@ -21,10 +21,21 @@ from passc.loading import sha256_file
 from passc.lowering import HostModule
 from passc.targets import Target, get_target
 
-__all__ = ["Artifact", "write_artifact", "write_depfile", "MANIFEST", "LIBRARY", "ENTRY", "FORMAT_VERSION"]
+__all__ = [
+    "Artifact",
+    "write_artifact",
+    "write_depfile",
+    "write_params",
+    "MANIFEST",
+    "LIBRARY",
+    "PARAMS",
+    "ENTRY",
+    "FORMAT_VERSION",
+]
 
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
+PARAMS = "params.bin"  # runtime parameters (e.g. packed low-bit weights), raw, in call order
 OPTIMIZED_MODEL = "model.onnx"
 FORMAT_VERSION = 1
 # The compiled function that `run` calls; the manifest lists signatures per function so that
@@ -49,6 +60,23 @@ def write_artifact(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
         (tmp / MANIFEST).write_text(text)
 
     return build_directory(out_dir, build, replace=True)
+
+
+def write_params(out_dir: Path, params: list[tuple[Any, np.ndarray]]) -> list[dict[str, Any]]:
+    """Writes runtime parameters to PARAMS back to back; returns their manifest entries.
+
+    Each entry is the tensor's name, shape, dtype, byte offset and byte count in the file.
+    """
+    entries, offset = [], 0
+    if not params:
+        return entries
+    with open(out_dir / PARAMS, "wb") as f:
+        for spec, array in params:
+            data = np.ascontiguousarray(array).tobytes()
+            f.write(data)
+            entries.append({**spec.as_dict(), "offset": offset, "nbytes": len(data)})
+            offset += len(data)
+    return entries
 
 
 def _make_escape(path: str) -> str:
@@ -77,6 +105,7 @@ class Artifact:
             raise PasscError(f"{manifest_path} is corrupt: {err}") from None
         self.target: Target = get_target(self.manifest["target"]["name"])
         self._host_module: HostModule | None = None
+        self._params: list[np.ndarray] | None = None
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
@@ -93,6 +122,18 @@ class Artifact:
         from passc import oracle  # imports onnxruntime: only when asked
 
         return oracle.random_inputs([(s["name"], tuple(s["shape"]), s["dtype"]) for s in self.inputs], seed)
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        """The runtime parameters the entry point takes after its inputs, read from PARAMS."""
+        entries = self.manifest["functions"][ENTRY].get("params", [])
+        if entries and self._params is None:
+            blob = np.fromfile(self.path / PARAMS, dtype=np.uint8)
+            self._params = [
+                blob[e["offset"] : e["offset"] + e["nbytes"]].view(e["dtype"]).reshape(e["shape"])
+                for e in entries
+            ]
+        return self._params or []
 
     @property
     def bundled(self) -> bool:
@@ -131,7 +172,7 @@ class Artifact:
         elif self.target.runs_on_host:
             if self._host_module is None:
                 self._host_module = HostModule(self.path / LIBRARY)
-            results = self._host_module(ENTRY, *arrays)
+            results = self._host_module(ENTRY, *arrays, *self.params)
         else:
             raise UsageError(
                 f"{self.path} is built for {self.target.arch}; run it under emulation with "

@@ -19,6 +19,7 @@ from passc.artifact import (
     Artifact,
     write_artifact,
     write_depfile,
+    write_params,
 )
 from passc.bundle import bundle_files
 from passc.loading import bind_input_shapes, load_model, require_static_shapes
@@ -83,6 +84,7 @@ def compile_model(
     def fill(tmp: Path) -> dict[str, Any]:
         progress(f"linking {LIBRARY} with {target.cxx}")
         lowered.export(tmp / LIBRARY, target.cxx)
+        params = write_params(tmp, lowered.params)
         ir.save(loaded.model, tmp / OPTIMIZED_MODEL)
         if bundle:
             progress(f"bundling passc-run and the TVM runtime for {target.wheel_platform}")
@@ -104,9 +106,14 @@ def compile_model(
                 ENTRY: {
                     "inputs": [s.as_dict() for s in lowered.inputs],
                     "outputs": [s.as_dict() for s in lowered.outputs],
+                    **({"params": params} if params else {}),
                 }
             },
             "kernels": lowered.kernels,
+            "weights": {
+                "params_bytes": sum(p["nbytes"] for p in params),
+                "constant_bytes": lowered.constant_bytes,
+            },
             "passes": [r.as_manifest() for r in records],
         }
 

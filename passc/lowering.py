@@ -9,6 +9,7 @@ artifact through TVM's Python runtime lives here too, so a TVM upgrade is this f
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from passc.errors import PasscError
+from passc.pass_base import RUNTIME_PARAMS_KEY
 
 __all__ = ["TensorSpec", "Lowered", "lower", "tvm_versions", "HostModule", "unsupported_nodes"]
 
@@ -103,6 +105,8 @@ class Lowered:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     kernels: int  # TIR functions (fused kernels) in the compiled module
+    params: list[tuple[TensorSpec, np.ndarray]]  # runtime parameters, passed after the inputs
+    constant_bytes: int  # bytes of the initializers handed to TVM as constants (into model.so)
 
     def export(self, path: Path, cxx: str) -> None:
         """Writes the shared library, linked by the C++ compiler `cxx` (a cross compiler or g++)."""
@@ -126,14 +130,17 @@ def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
         raise PasscError(f"TVM cannot lower op {op} (node {node.name!r}); no converter exists for it")
     inputs = [TensorSpec(v.name, tuple(v.shape), v.dtype.numpy().name) for v in model.graph.inputs]
     proto = ir.to_proto(model)
+    params = _runtime_params_as_inputs(proto, json.loads(model.metadata_props.get(RUNTIME_PARAMS_KEY, "[]")))
+    constant_bytes = sum(ir.from_proto(t).nbytes for t in proto.graph.initializer)
+    signature = inputs + [spec for spec, _ in params]
     target = tvm.target.Target(tvm_target)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # from_onnx re-raises onnx.checker complaints as warnings
             mod = from_onnx(
                 proto,
-                shape_dict={s.name: list(s.shape) for s in inputs},
-                dtype_dict={s.name: s.dtype for s in inputs},
+                shape_dict={s.name: list(s.shape) for s in signature},
+                dtype_dict={s.name: s.dtype for s in signature},
                 keep_params_in_input=False,
             )
         outputs = _signature_of(mod["main"], [v.name for v in model.graph.outputs])
@@ -145,7 +152,26 @@ def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PasscError(f"TVM failed to compile the model: {first_line}") from err
-    return Lowered(executable, inputs, outputs, kernels)
+    return Lowered(executable, inputs, outputs, kernels, params, constant_bytes)
+
+
+def _runtime_params_as_inputs(proto: Any, names: list[str]) -> list[tuple[TensorSpec, np.ndarray]]:
+    """Turns the named initializers into graph inputs after the real ones, so TVM sees parameters
+    it cannot fold; returns them with their values, in call order."""
+    import onnx
+    import onnx.numpy_helper
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    params = []
+    for name in names:
+        if name not in initializers:
+            raise PasscError(f"runtime parameter {name!r} is not an initializer of the model")
+        tensor = initializers[name]
+        array = onnx.numpy_helper.to_array(tensor)
+        proto.graph.initializer.remove(tensor)
+        proto.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, array.shape))
+        params.append((TensorSpec(name, array.shape, array.dtype.name), array))
+    return params
 
 
 class HostModule:

@@ -17,19 +17,27 @@ import onnx_ir as ir
 
 from passc.errors import UsageError
 
-__all__ = ["PasscPass", "make_options", "describe_options"]
+__all__ = ["PasscPass", "make_options", "describe_options", "RUNTIME_PARAMS_KEY"]
+
+# Model metadata key: a JSON list of initializer names that lowering must keep as runtime parameters
+# of the compiled function (stored in the artifact's params.bin as they are), never as constants
+# that TVM could fold. Packed low-bit weights use it: folding their decode would store floats again.
+RUNTIME_PARAMS_KEY = "passc.runtime_params"
 
 
 class PasscPass(ir.passes.InPlacePass):
     """Base class: subclasses set `name` (via `register_pass`), `Options` and `call`.
 
     `tolerance` is the relative output error the pass may introduce beyond float rounding:
-    0 for exact rewrites; a lossy pass states its bound. `--verify-each` checks it.
+    0 for exact rewrites; a lossy pass states its bound, or declares None and sets the measured
+    bound on the instance when it runs. `--verify-each` and `passc verify` check it.
     `fired` counts what the last run rewrote, by rule name; the pass log and manifest show it.
+    `runs_last`: nothing may run after this pass (e.g. constant folding would undo its work).
     """
 
     name: ClassVar[str] = ""
-    tolerance: ClassVar[float] = 0.0
+    tolerance: ClassVar[float | None] = 0.0
+    runs_last: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Options:

@@ -57,6 +57,7 @@ class PassRecord:
     before: ModelStats
     after: ModelStats
     fired: dict[str, int] = field(default_factory=dict)  # rewrites by rule name
+    tolerance: float = 0.0  # the relative output error the pass declares it may add
     max_rel_error: float | None = None  # set by --verify-each
 
     def as_manifest(self) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class PassRecord:
             "options": self.options,
             "modified": self.modified,
             "fired": self.fired,
+            "tolerance": self.tolerance,
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
         }
@@ -129,6 +131,9 @@ def build_pipeline(
     specs = [PassSpec(name, options.get(name, {})) for name in names]
     for spec in specs:
         spec.instantiate()  # validates names and options now, not halfway through a build
+    for name in names[:-1]:
+        if get_pass(name).runs_last:
+            raise UsageError(f"pass {name!r} must be the last pass of the pipeline")
     return specs
 
 
@@ -163,12 +168,15 @@ def run_pipeline(
             raise PasscError(f"pass {spec.name!r} failed: {type(err).__name__}: {err}") from err
         seconds = time.perf_counter() - start
         model = result.model
+        tolerance = instance.tolerance
+        if tolerance is None:
+            raise PasscError(f"pass {spec.name!r} measures its tolerance but did not set it")
         max_rel = None
         if verify_each:
             errors = oracle.compare(oracle.run_onnxruntime(model, inputs), reference)
             worst = max(errors, key=lambda e: e.max_rel)
             max_rel = worst.max_rel
-            allowed = instance.tolerance + oracle.FLOAT_ROUNDING
+            allowed = tolerance + oracle.FLOAT_ROUNDING
             if not max_rel <= allowed:
                 raise PasscError(
                     f"--verify-each: pass {spec.name!r} changed output {worst.name!r} by relative "
@@ -178,7 +186,7 @@ def run_pipeline(
         options = dataclasses.asdict(instance.options)
         fired = dict(sorted(instance.fired.items()))
         records.append(
-            PassRecord(spec.name, options, result.modified, seconds, before, after, fired, max_rel)
+            PassRecord(spec.name, options, result.modified, seconds, before, after, fired, tolerance, max_rel)
         )
         checked = "" if max_rel is None else f", max rel err {max_rel:.2g}"
         rules = "".join(f", {rule} x{count}" for rule, count in fired.items())

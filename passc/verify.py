@@ -44,7 +44,10 @@ def verify_model(
     **compile_options: Any,
 ) -> VerifyReport:
     """Compiles `model` for `target`, runs it on `inputs` (random if None) and compares each
-    output with onnxruntime on the unchanged model. Non-host targets need `emulate=True`."""
+    output with onnxruntime on the unchanged model. Non-host targets need `emulate=True`.
+
+    The allowed relative error is `tolerance` plus what the pipeline's lossy passes declared.
+    """
     if not tolerance > 0:
         raise UsageError(f"--tolerance must be positive, got {tolerance}")
     spec = get_target(target)
@@ -66,4 +69,5 @@ def verify_model(
     if input_shapes:
         bind_input_shapes(original, input_shapes)
     expected = oracle.run_onnxruntime(original, inputs)
-    return VerifyReport(oracle.compare(actual, expected), tolerance, compiled)
+    allowed = tolerance + sum(record.tolerance for record in compiled.pass_log)
+    return VerifyReport(oracle.compare(actual, expected), allowed, compiled)

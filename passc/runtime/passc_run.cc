@@ -4,7 +4,9 @@
 //
 // The inputs and outputs of the model's "main" function (names, shapes, dtypes, order) are read
 // from manifest.json beside model.so. Each .bin file holds one tensor's raw bytes, C order, little endian: exactly
-// prod(shape) * itemsize bytes. TVM_NUM_THREADS sets the number of worker threads.
+// prod(shape) * itemsize bytes. Runtime parameters (packed weights) listed under "params" are read
+// from params.bin beside model.so and passed after the inputs. TVM_NUM_THREADS sets the number of
+// worker threads.
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/dtype.h>
@@ -72,19 +74,39 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s.empty() ? "scalar" : s;
 }
 
-ffi::Tensor LoadInput(const TensorSpec& spec, const std::string& path) {
+// A tensor of `spec` filled from `bytes[offset, offset + size)`; `what` names the source in errors.
+ffi::Tensor MakeTensor(const TensorSpec& spec, const std::string& bytes, size_t offset, size_t size,
+                       const std::string& what) {
   DLDevice cpu{kDLCPU, 0};
   ffi::Tensor t = ffi::Tensor::FromNDAlloc(CPUAlloc(), ffi::ShapeView(spec.shape.data(), spec.shape.size()),
                                            spec.dtype, cpu);
-  std::string bytes = ReadFile(path);
   size_t expected = ffi::GetDataSize(t);
-  if (bytes.size() != expected) {
-    Fail(path + " has " + std::to_string(bytes.size()) + " bytes; input '" + spec.name + "' (" +
+  if (size != expected || offset + size > bytes.size()) {
+    Fail(what + " has " + std::to_string(size) + " bytes; '" + spec.name + "' (" +
          std::string(ffi::DLDataTypeToString(spec.dtype)) + " " + ShapeString(spec.shape) +
          ") needs " + std::to_string(expected));
   }
-  std::memcpy(t.data_ptr(), bytes.data(), expected);
+  std::memcpy(t.data_ptr(), bytes.data() + offset, expected);
   return t;
+}
+
+ffi::Tensor LoadInput(const TensorSpec& spec, const std::string& path) {
+  std::string bytes = ReadFile(path);
+  return MakeTensor(spec, bytes, 0, bytes.size(), path);
+}
+
+// Appends the runtime parameters listed under signature["params"], read from params.bin.
+void LoadParams(const ffi::json::Object& signature, const std::string& dir, std::vector<ffi::Any>* args) {
+  if (!signature.count("params")) return;
+  std::vector<TensorSpec> specs = ReadSpecs(signature, "params");
+  std::string blob = ReadFile(dir + "/params.bin");
+  auto entries = signature.at("params").cast<ffi::json::Array>();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto entry = entries[i].cast<ffi::json::Object>();
+    size_t offset = static_cast<size_t>(entry.at("offset").cast<int64_t>());
+    size_t size = static_cast<size_t>(entry.at("nbytes").cast<int64_t>());
+    args->push_back(MakeTensor(specs[i], blob, offset, size, "params.bin entry " + specs[i].name));
+  }
 }
 
 void WriteOutput(const ffi::Tensor& t, const TensorSpec& spec, const std::string& path) {
@@ -134,6 +156,7 @@ int main(int argc, char** argv) {
 
     std::vector<ffi::Any> args;
     for (size_t i = 0; i < inputs.size(); ++i) args.push_back(LoadInput(inputs[i], argv[2 + i]));
+    LoadParams(signature, dir, &args);
     std::vector<ffi::AnyView> views(args.begin(), args.end());
     ffi::Any result;
     main_fn.CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
