@@ -1,4 +1,4 @@
-"""The `passc` command line: compile, verify, run, inspect, passes, targets."""
+"""The `passc` command line: compile, verify, optimize, run, inspect, passes, targets."""
 
 from __future__ import annotations
 
@@ -89,6 +89,40 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from passc.optimize import optimize_model
+
+    result = optimize_model(
+        Path(args.model),
+        Path(args.output),
+        passes=[p for p in args.passes.split(",") if p] if args.passes is not None else None,
+        pass_options=args.pass_option,
+        pipeline_file=args.pipeline,
+        plugins=args.plugin,
+        input_shapes=_input_shapes(args),
+        explain=args.explain,
+        progress=_say(args),
+    )
+    if not args.quiet:
+        _print_pass_log(result.pass_log)
+    for record in result.pass_log:
+        if record.fired:
+            print(f"{record.name} fired: " + ", ".join(f"{r} x{n}" for r, n in record.fired.items()))
+    print(f"nodes {result.before.nodes} -> {result.after.nodes}")
+    if args.explain:
+        for i, report in enumerate(result.fuse_reports, 1):
+            label = f"fuse run {i}" if len(result.fuse_reports) > 1 else "fuse"
+            print(f"{label}: where rules fired and nearly fired")
+            for match in report.matches:
+                print(f"  {match.rule}: fired on {', '.join(match.nodes)}")
+            for miss in report.near_misses:
+                print(f"  {miss.rule}: not on {', '.join(miss.nodes)}: {miss.reason}")
+            if not (report.matches or report.near_misses):
+                print("  no matches and no near misses")
+    print(result.output)
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from passc.verify import verify_model
 
@@ -107,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.emulate and not report.compiled.artifact.target.runs_on_host
         else "on the host"
     )
-    print(f"{args.target} artifact run {where} vs onnxruntime (tolerance: max rel err {args.tolerance:g})")
+    print(f"{args.target} artifact run {where} vs onnxruntime (tolerance: max rel err {report.tolerance:g})")
     for e in report.errors:
         verdict = "ok" if e.max_rel <= report.tolerance else "FAIL"
         print(f"  {e.name}: max abs err {e.max_abs:.3g}, max rel err {e.max_rel:.3g}  {verdict}")
@@ -196,7 +230,10 @@ def cmd_passes(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin(plugin)
     for name, cls in all_passes().items():
-        tolerance = "exact" if cls.tolerance == 0 else f"tolerance {cls.tolerance:g}"
+        if cls.tolerance is None:
+            tolerance = "tolerance measured per run"
+        else:
+            tolerance = "exact" if cls.tolerance == 0 else f"tolerance {cls.tolerance:g}"
         print(f"{name}  ({tolerance})  {cls.summary()}")
         for option, type_name, default, help_text in describe_options(cls):
             print(f"    {name}.{option}: {type_name} = {default}  {help_text}".rstrip())
@@ -301,6 +338,22 @@ def _parser() -> argparse.ArgumentParser:
         help="largest allowed max-abs error relative to the output's range (default 1e-4)",
     )
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "optimize", parents=[common, shapes], help="run passes on an ONNX model, write ONNX (no TVM)"
+    )
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("-o", "--output", required=True, help="the optimized .onnx file")
+    p.add_argument("--passes", help="comma-separated pass list (default: canonicalize,fuse)")
+    p.add_argument(
+        "--pass-option", action="append", default=[], metavar="PASS.KEY=VALUE", help="set a pass option"
+    )
+    p.add_argument("--pipeline", type=Path, help="TOML pipeline file (passes and options)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE", help="load passes")
+    p.add_argument(
+        "--explain", action="store_true", help="say where each fuse rule fired and why near misses did not"
+    )
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("run", parents=[common, inputs], help="run an artifact")
     p.add_argument("artifact", help="artifact directory written by `passc compile`")
