@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-import onnxscript.optimizer
+import onnx_ir.passes.common as common
+from onnxscript.optimizer import fold_constants_ir
 
 from passc.pass_base import PasscPass
 from passc.registry import register_pass
@@ -11,17 +12,48 @@ from passc.registry import register_pass
 __all__ = ["Canonicalize"]
 
 
+class _FoldConstants(ir.passes.InPlacePass):
+    """onnxscript's constant folder with ONNX shape inference."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, fold_constants_ir(model, onnx_shape_inference=True).modified)
+
+
 @register_pass("canonicalize")
 class Canonicalize(PasscPass):
-    """Folds constants and shape sub-graphs, infers shapes, removes dead nodes (onnxscript.optimizer).
+    """Folds constants and shape sub-graphs, infers shapes, removes dead nodes (onnxscript's optimizer).
 
     Exact: folding evaluates the same ops on constants that the runtime would evaluate later.
     Once input shapes are bound, Shape/Gather/Concat/Reshape chains that only compute shapes fold
-    away, which TVM needs before it can lower the graph.
+    away, which TVM needs before it can lower the graph. It is `onnxscript.optimizer.optimize`
+    without its pattern rewrites: graph rewrites belong to the passes that report them (`fuse`,
+    `fold-linear-blocks`), and one of those defaults (Cast∘Cast → Cast) is not exact.
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = ir.to_proto(model).SerializeToString(deterministic=True)
-        onnxscript.optimizer.optimize(model)
+        fold = ir.passes.PassManager(
+            [
+                _FoldConstants(),
+                common.RemoveUnusedNodesPass(),
+                common.RemoveUnusedFunctionsPass(),
+                common.RemoveUnusedOpsetsPass(),
+            ],
+            steps=2,
+            early_stop=True,
+        )
+        ir.passes.PassManager(
+            [
+                common.InlinePass(),
+                fold,
+                common.RemoveUnusedNodesPass(),
+                common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                common.LiftSubgraphInitializersToMainGraphPass(),
+                common.DeduplicateInitializersPass(),
+                common.CommonSubexpressionEliminationPass(),
+                common.OutputFixPass(),
+                common.NameFixPass(),
+            ]
+        )(model)
         after = ir.to_proto(model).SerializeToString(deterministic=True)
         return ir.passes.PassResult(model, modified=before != after)

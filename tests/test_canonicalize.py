@@ -8,6 +8,7 @@ from passc.passes.canonicalize import Canonicalize
 
 from passc import oracle
 from passc.loading import bind_input_shapes, load_model
+from tests.conftest import parse
 
 
 def test_shape_subgraph_folds_after_binding(dynamic_mlp) -> None:
@@ -47,3 +48,23 @@ def test_outputs_keep_their_names(dynamic_mlp) -> None:
     Canonicalize()(model)
     assert [v.name for v in model.graph.outputs] == ["y"]
     assert np.dtype(model.graph.outputs[0].dtype.numpy()) == np.float32
+
+
+def test_graph_rewrites_are_left_to_the_passes_that_report_them() -> None:
+    """Cast(double→float→half) is not Cast(double→half) (double rounding); BN is fuse's to fold."""
+    model = ir.from_proto(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (double[4] x, float[1, 2, 3, 3] im) => (float16[4] y, float[1, 2, 3, 3] z) {
+              f = Cast<to = 1>(x)
+              y = Cast<to = 10>(f)
+              s = Constant<value = float[2] {1.0, 2.0}>()
+              b = Constant<value = float[2] {0.5, 0.25}>()
+              w = Constant<value = float[2, 2, 1, 1] {1.0, 0.0, 0.0, 1.0}>()
+              c = Conv(im, w)
+              z = BatchNormalization(c, s, b, b, s)
+            }"""
+        )
+    )
+    Canonicalize()(model)
+    assert [n.op_type for n in model.graph] == ["Cast", "Cast", "Conv", "BatchNormalization"]
