@@ -389,3 +389,18 @@ def test_runs_in_a_pipeline_with_cli_style_options() -> None:
     records = run_pipeline(model, specs, verify_each=True)
     assert records[1].modified and records[1].fired.keys() <= {"2-bit", "3-bit", "4-bit", "8-bit", "16-float"}
     assert records[1].max_rel_error > 0
+
+
+def test_pareto_plot_puts_the_ilp_at_or_below_greedy(tmp_path) -> None:
+    pytest.importorskip("matplotlib", reason="the Pareto plot needs matplotlib (the dev extra)")
+    assigner = _assign(_mlp(), budget="avg-bits=5", samples="2", pareto_plot=str(tmp_path / "p.png"))
+    front = assigner.frontier
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(front.ilp) == len(front.budgets) == len(front.greedy)
+    for budget, ilp, found in zip(front.budgets, front.ilp, front.greedy, strict=True):
+        assert ilp[0] <= budget
+        if found is not None:
+            assert ilp[1] <= found[1] + 1e-12
+    for size, objective in front.uniform.values():
+        better = [ilp for budget, ilp in zip(front.budgets, front.ilp, strict=True) if budget >= size]
+        assert all(ilp[1] <= objective + 1e-12 for ilp in better)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -17,6 +18,7 @@ from passc.passes.assign_bits.costs import LatencyTable, cost_table, stored_byte
 from passc.passes.assign_bits.decode import MIN_OPSET, realise
 from passc.passes.assign_bits.ilp import Problem, Solution, check_feasible, solve
 from passc.passes.assign_bits.layers import Layer, find_layers, weight_bytes
+from passc.passes.assign_bits.pareto import Frontier, frontier, plot
 from passc.passes.assign_bits.quantize import INTEGER_WIDTHS, Scheme, view_shape
 from passc.passes.assign_bits.sensitivity import METRICS, Probe, distortion
 
@@ -107,6 +109,9 @@ class AssignBits(PasscPass):
         tolerance_margin: float = dataclasses.field(
             default=2.0, metadata={"help": "declared tolerance = margin × measured max relative error"}
         )
+        pareto_plot: str | None = dataclasses.field(
+            default=None, metadata={"help": "write distortion vs size (ILP, greedy, uniform) to this PNG"}
+        )
 
         def __post_init__(self) -> None:
             bad = [w for w in self.widths if w not in WIDTHS]
@@ -145,6 +150,7 @@ class AssignBits(PasscPass):
         self.ties = [list(g) for g in ties]
         self.solution: Solution | None = None  # the last run's assignment
         self.problem: Problem | None = None
+        self.frontier: Frontier | None = None  # with the pareto_plot option
 
     def _tie_groups(self) -> list[list[str]]:
         return [[n.strip() for n in g.split("+")] for g in _names(self.options.tie)] + self.ties
@@ -195,6 +201,15 @@ class AssignBits(PasscPass):
         names = tuple(layer.name for layer in layers)
         return Problem(names, widths, distortion, costs, limits, ties, shows)
 
+    def _plot(self, model: ir.Model, assigned: list[Layer], path: Path) -> None:
+        """The size frontier of the measured problem, with the chosen assignment circled."""
+        problem, s = self.problem, self.solution
+        size = cost_table("size", model, assigned, problem.widths, self.options.scheme, None)
+        self.frontier = frontier(problem, size)
+        chosen = (float(size[np.arange(len(assigned)), list(s.choice)].sum()), s.objective)
+        plot(self.frontier, path, chosen, title=f"assign-bits: {model.graph.name or 'model'}")
+        logger.info("assign-bits: wrote the Pareto plot to %s", path)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.fired.clear()
         self.tolerance = 0.0
@@ -219,6 +234,8 @@ class AssignBits(PasscPass):
         table = probe.sensitivities(assigned, sorted(o.widths), o.scheme, o.metric)
         self.problem = self.build_problem(model, assigned, table)
         self.solution = s = solve(self.problem, o.time_limit)
+        if o.pareto_plot:
+            self._plot(model, assigned, Path(o.pareto_plot))
         params: list[str] = []
         for layer in assigned:
             width = s.widths[layer.name]
