@@ -181,10 +181,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import onnx_ir.passes.common
 
+    from passc.artifact import MANIFEST, OPTIMIZED_MODEL
     from passc.loading import bind_input_shapes, is_static_dim, load_model
+    from passc.passes.assign_bits import BIT_WIDTHS_KEY
     from passc.stats import model_stats, op_counts
 
-    model = load_model(Path(args.model)).model
+    path = Path(args.model)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        path = path / OPTIMIZED_MODEL  # an artifact: inspect the graph it was compiled from
+    model = load_model(path).model
     bind_input_shapes(model, _input_shapes(args))
     try:
         onnx_ir.passes.common.ShapeInferencePass()(model)
@@ -207,6 +212,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "outputs": outputs,
         "ops": dict(op_counts(model).most_common()),
     }
+    if BIT_WIDTHS_KEY in model.metadata_props:
+        report["bit_widths"] = json.loads(model.metadata_props[BIT_WIDTHS_KEY])
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -220,6 +227,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for name in outputs:
         print(f"  output {name}")
     print("  ops: " + ", ".join(f"{op} {n}" for op, n in report["ops"].items()))
+    if "bit_widths" in report:
+        names = {32: "float32", 16: "float16"}
+        widths = ", ".join(f"{layer} {names.get(w, f'{w}-bit')}" for layer, w in report["bit_widths"].items())
+        print(f"  weight widths: {widths}")
     return 0
 
 
@@ -365,8 +376,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", parents=[common, shapes], help="ops, params, MACs, dynamic dims")
-    p.add_argument("model", help="the .onnx file")
+    p = sub.add_parser(
+        "inspect", parents=[common, shapes], help="ops, params, MACs, dynamic dims, weight bit widths"
+    )
+    p.add_argument("model", help="the .onnx file, or an artifact directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
 

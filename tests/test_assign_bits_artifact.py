@@ -104,3 +104,12 @@ def test_quantized_artifact_runs_on_rpi5_under_emulation(mlp: Path, tmp_path: Pa
         output=tmp_path / "q",
     )
     assert report.passed, report.errors
+
+
+def test_inspect_shows_the_widths_of_an_artifact(mlp: Path, tmp_path: Path, run_cli) -> None:
+    _compile(mlp, tmp_path / "q4", **FOUR_BITS)
+    code, out, err = run_cli("inspect", tmp_path / "q4")
+    assert code == 0, err
+    assert "weight widths: layer0 4-bit, layer1 4-bit, layer2 4-bit, layer3 4-bit, layer4 4-bit" in out
+    code, out, _ = run_cli("inspect", tmp_path / "q4", "--json")
+    assert json.loads(out)["bit_widths"] == {f"layer{i}": 4 for i in range(5)}
