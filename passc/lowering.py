@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,15 @@ import onnx_ir as ir
 from passc.errors import PasscError
 from passc.pass_base import RUNTIME_PARAMS_KEY
 
-__all__ = ["TensorSpec", "Lowered", "lower", "tvm_versions", "HostModule", "unsupported_nodes"]
+__all__ = [
+    "TensorSpec",
+    "Lowered",
+    "lower",
+    "measure_latency",
+    "tvm_versions",
+    "HostModule",
+    "unsupported_nodes",
+]
 
 
 @dataclass(frozen=True)
@@ -191,3 +200,40 @@ class HostModule:
         if isinstance(result, self._tvm.runtime.Tensor):
             return [result.numpy()]
         return [r.numpy() for r in result]
+
+
+def measure_latency(
+    model: ir.Model, tvm_target: dict[str, Any], cxx: str, *, rpc: str | None = None, repeat: int = 5
+) -> float:
+    """Median seconds per run of `model` compiled for the target, on this host or over TVM RPC.
+
+    `rpc` is "HOST:PORT" of a `python -m tvm.exec.rpc_server` on the device: the library is built
+    with the target's toolchain, uploaded and timed there (TVM's time_evaluator: one warm-up run,
+    then `repeat` timings of at least 20 ms each). Inputs are random; runtime parameters are the
+    model's own.
+    """
+    import tvm
+    from tvm import relax
+
+    lowered = lower(model, tvm_target)
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s.shape).astype(s.dtype) for s in lowered.inputs]
+    arrays += [array for _, array in lowered.params]
+    with tempfile.TemporaryDirectory(prefix="passc-latency-") as tmp:
+        path = Path(tmp) / "model.so"
+        lowered.export(path, cxx)
+        try:
+            if rpc is None:
+                library, device = tvm.runtime.load_module(str(path)), tvm.cpu()
+            else:
+                host, _, port = rpc.rpartition(":")
+                session = tvm.rpc.connect(host, int(port))
+                session.upload(str(path))
+                library, device = session.load_module("model.so"), session.cpu()
+            vm = relax.VirtualMachine(library, device)
+            vm.set_input("main", *[tvm.runtime.tensor(a, device=device) for a in arrays])
+            timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat, min_repeat_ms=20)
+            return float(timer("main").median)
+        except (tvm.error.TVMError, OSError, RuntimeError) as err:
+            where = f"over RPC at {rpc}" if rpc else "on this host"
+            raise PasscError(f"timing the model {where} failed: {str(err).strip().splitlines()[0]}") from None

@@ -113,3 +113,54 @@ def test_inspect_shows_the_widths_of_an_artifact(mlp: Path, tmp_path: Path, run_
     assert "weight widths: layer0 4-bit, layer1 4-bit, layer2 4-bit, layer3 4-bit, layer4 4-bit" in out
     code, out, _ = run_cli("inspect", tmp_path / "q4", "--json")
     assert json.loads(out)["bit_widths"] == {f"layer{i}": 4 for i in range(5)}
+
+
+def test_latency_budget_is_measured_per_layer_on_the_host(mlp: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PASSC_CACHE_DIR", str(tmp_path / "cache"))
+    options = {"widths": "4,16", "budget": "latency=1s", "keep_first": "false", "keep_last": "false"}
+    manifest = _compile(mlp, tmp_path / "q", **options)
+    timings = list((tmp_path / "cache" / "latency").glob("*.json"))
+    assert len(timings) == len(WIDTHS) * 2
+    assert all(0 < json.loads(t.read_text())["seconds"] < 1 for t in timings)
+    assert next(p for p in manifest["passes"] if p["pass"] == "assign-bits")["modified"]
+    _compile(mlp, tmp_path / "again", **options)  # a second build measures nothing new
+    assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == len(timings)
+
+
+def test_latency_is_measured_through_tvm_rpc(tmp_path: Path, monkeypatch) -> None:
+    """OHQ's on-chip costs: layers timed by a TVM RPC server (here on 127.0.0.1, as a board would)."""
+    import onnx_ir as ir
+    import tvm.rpc
+    from passc.passes.assign_bits import AssignBits
+
+    from passc.pass_base import make_options
+
+    monkeypatch.setenv("PASSC_CACHE_DIR", str(tmp_path / "cache"))
+    server = tvm.rpc.Server(host="127.0.0.1", port=9190, port_end=9290, silent=True)
+    try:
+        rpc = f"127.0.0.1:{server.port}"
+        options = {"widths": "4,8", "budget": "latency=1s", "rpc": rpc, "keep_first": "false"}
+        model = ir.load(_small_mlp(tmp_path))
+        assigner = AssignBits(make_options(AssignBits, options))
+        assert assigner(model).modified
+        assert assigner.solution.totals["latency"] > 0
+    finally:
+        server.proc._proc.kill()  # Server.terminate() needs psutil
+
+
+def _small_mlp(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((16, 32), (32, 8)))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="l1"),
+            helper.make_node("MatMul", ["h", "w2"], ["y"], name="l2"),
+        ],
+        "small",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    path = tmp_path / "small.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -17,12 +18,15 @@ from passc.passes.assign_bits.calibration import load_calibration
 from passc.passes.assign_bits.costs import LatencyTable, cost_table, stored_bytes
 from passc.passes.assign_bits.decode import MIN_OPSET, realise
 from passc.passes.assign_bits.ilp import Problem, Solution, check_feasible, solve
+from passc.passes.assign_bits.latency import MeasuredLatency
 from passc.passes.assign_bits.layers import Layer, find_layers, weight_bytes
 from passc.passes.assign_bits.pareto import Frontier, frontier, plot
 from passc.passes.assign_bits.quantize import INTEGER_WIDTHS, Scheme, view_shape
 from passc.passes.assign_bits.sensitivity import METRICS, Probe, distortion
+from passc.targets import get_target
 
 from passc import oracle
+from passc.bundle import cache_dir
 from passc.errors import UsageError
 from passc.pass_base import RUNTIME_PARAMS_KEY, PasscPass
 from passc.registry import register_pass
@@ -109,6 +113,15 @@ class AssignBits(PasscPass):
         tolerance_margin: float = dataclasses.field(
             default=2.0, metadata={"help": "declared tolerance = margin × measured max relative error"}
         )
+        latency_target: str = dataclasses.field(
+            default="host", metadata={"help": "the passc target whose latency a latency budget measures"}
+        )
+        rpc: str | None = dataclasses.field(
+            default=None, metadata={"help": "HOST:PORT of a TVM RPC server on the device to time layers on"}
+        )
+        latency_repeat: int = dataclasses.field(
+            default=5, metadata={"help": "timings per layer and width (median; each ≥ 20 ms of runs)"}
+        )
         pareto_plot: str | None = dataclasses.field(
             default=None, metadata={"help": "write distortion vs size (ILP, greedy, uniform) to this PNG"}
         )
@@ -127,6 +140,11 @@ class AssignBits(PasscPass):
                 raise UsageError("assign-bits.group_size must be at least 1")
             if self.metric not in METRICS:
                 raise UsageError(f"assign-bits.metric must be one of {', '.join(METRICS)}")
+            get_target(self.latency_target)  # an unknown target is a UsageError now
+            if self.rpc is not None and not re.fullmatch(r"[^:\s]+:\d+", self.rpc):
+                raise UsageError(f"assign-bits.rpc must be HOST:PORT, got {self.rpc!r}")
+            if self.latency_repeat < 1:
+                raise UsageError("assign-bits.latency_repeat must be at least 1")
             if self.samples < 1 or self.time_limit <= 0 or self.tolerance_margin < 1:
                 raise UsageError("assign-bits: samples ≥ 1, time_limit > 0 and tolerance_margin ≥ 1 please")
 
@@ -225,6 +243,10 @@ class AssignBits(PasscPass):
                 f"assign-bits: the decode graph needs opset ≥ {MIN_OPSET}; the model has {opset}"
             )
         o = self.options
+        if self.latency_table is None and any(b.kind == "latency" for b in parse_budgets(o.budget)):
+            target = get_target(o.latency_target)
+            cache = cache_dir() / "latency"
+            self.latency_table = MeasuredLatency(target, o.scheme, o.rpc, o.latency_repeat, cache)
         check_feasible(self.build_problem(model, assigned, None))  # before the costly measurements
         specs = oracle.input_specs(model)
         if not all(isinstance(d, int) for _, shape, _ in specs for d in shape):
