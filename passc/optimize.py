@@ -24,7 +24,8 @@ from passc.stats import ModelStats, model_stats
 
 __all__ = ["DEFAULT_PASSES", "OptimizeResult", "optimize_model", "write_model"]
 
-DEFAULT_PASSES = ("canonicalize", "fuse")
+# The compile pipeline's passes (targets/*.toml default_passes), which all lower to standard ONNX.
+DEFAULT_PASSES = ("canonicalize", "fuse", "fold-linear-blocks")
 
 # Tensors above this many bytes in all go to an external data file: a protobuf message cannot
 # exceed 2 GiB, and the graph itself needs some of that room.
@@ -53,7 +54,7 @@ def optimize_model(
     explain: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> OptimizeResult:
-    """Runs the pass pipeline (default: canonicalize, fuse) on `model` and writes it to `output`.
+    """Runs the pass pipeline (default: DEFAULT_PASSES) on `model` and writes it to `output`.
 
     With `explain`, each fuse run also records why its rules did not fire where they nearly did.
     Names, options and shapes are checked before any work; on failure `output` is left as it was.
