@@ -491,6 +491,64 @@ def test_an_identity_between_input_and_output_stays() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Constants canonicalize leaves for their size
+
+TABLE = rand(5000, 2)  # 10,000 elements: over onnxscript's input limit for folding
+
+
+def anchors(rows: int) -> onnx.ModelProto:
+    """YOLOv8's exported anchor strides: ConstantOfShape → Add → Transpose, all constant."""
+    return parse(
+        f"""{header(17)}
+        g (float[2,{rows}] x) => (float[2,{rows}] y) {{
+          {const("shape", [rows, 1], "int64")}
+          {const("eight", 8.0)}
+          c = ConstantOfShape<value = float[1] {{0.0}}>(shape)
+          a = Add(c, eight)
+          t = Transpose<perm = [1, 0]>(a)
+          y = Mul(x, t)
+        }}"""
+    )
+
+
+def gather(indices: list[int], second_use: bool = False) -> onnx.ModelProto:
+    """BERT's position embeddings: a large table gathered at constant positions."""
+    n = len(indices)
+    other = "\n z = Relu(table)" if second_use else ""
+    outputs = "float[1,?,2] y" + (", float[5000,2] z" if second_use else "")
+    return parse(
+        f"""{header(17)}
+        g (float[1,{n},2] x) => ({outputs}) {{
+          {const("table", TABLE)}
+          {const("positions", [indices], "int64")}
+          e = Gather(table, positions)
+          y = Add(x, e){other}
+        }}"""
+    )
+
+
+def test_constant_of_shape_and_what_it_makes_constant_fold() -> None:
+    model, fuse = assert_fires(anchors(6), "constants", gone={"ConstantOfShape", "Add", "Transpose"})
+    assert ops(model) == ["Mul"] and fuse.fired["constants"] == 3
+
+
+def test_gather_from_a_large_table_folds_to_the_rows_it_takes() -> None:
+    model, _ = assert_fires(gather(list(range(128))), "constants", gone={"Gather"})
+    assert ops(model) == ["Add"]
+    assert [list(v.shape) for v in model.graph.initializers.values()] == [[1, 128, 2]]
+
+
+@pytest.mark.parametrize(
+    "proto",
+    [anchors(9000), gather(list(range(4500)), second_use=True)],
+    ids=["constant-of-shape-too-large", "gather-would-grow-the-model"],
+)
+def test_constants_that_would_grow_the_model_stay(proto: onnx.ModelProto) -> None:
+    modified, fired, _ = explain(proto)
+    assert not modified and "constants" not in fired
+
+
+# ---------------------------------------------------------------------------------------------
 # Near misses: left alone, with a reason
 
 

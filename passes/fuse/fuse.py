@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRuleSet
-from passc.passes.fuse.rules import IDENTITY, RULE_NAMES, RuleEntry, catalogue
-from passc.passes.fuse.tracing import FuseReport, NearMissTracer, RecordingRule
+from passc.passes.fuse.constants import fold_small_constants
+from passc.passes.fuse.rules import CONSTANTS, IDENTITY, RULE_NAMES, RuleEntry, catalogue
+from passc.passes.fuse.tracing import FuseReport, Match, NearMissTracer, RecordingRule
 
 from passc.pass_base import PasscPass
 from passc.registry import register_pass
@@ -50,8 +51,9 @@ def collect_reports(*, explain: bool = False) -> Iterator[list[FuseReport]]:
 class Fuse(PasscPass):
     """Folds BN/Mul/Add/Pad into convs, MatMul+Add into Gemm; fuses norms, GELU, attention; drops no-ops.
 
-    A round applies every selected rule once over the graph (see passes/fuse/rules.py for the
-    names and order), then removes Identity nodes; rounds repeat until none fires. Each rule keeps
+    A round folds the small constants canonicalize left for their size (constants.py), applies
+    every selected rule once over the graph (see passes/fuse/rules.py for the names and order),
+    then removes Identity nodes; rounds repeat until none fires. Each rule keeps
     the model standard ONNX at its own opset that onnxruntime's CPU EP and TVM's Relax frontend
     both run. Exact up to float rounding: folds reassociate products (Conv+BN, Conv+Mul).
     `self.fired` (rule → count, in the pass log) and `self.report` (where each rule matched) tell
@@ -90,7 +92,11 @@ class Fuse(PasscPass):
         created: set[ir.Node] = set()
         originals = {n for n in ir.traversal.RecursiveGraphIterator(model.graph) if _is_identity(n)}
         for _ in range(self.options.max_rounds):
-            changed = self._round(model, entries, report, snapshot, created)
+            folded = fold_small_constants(model) if CONSTANTS in selected else []
+            if folded:
+                report.fired[CONSTANTS] += len(folded)
+                report.matches.extend(Match(CONSTANTS, (name,)) for name in folded)
+            changed = len(folded) + self._round(model, entries, report, snapshot, created)
             dropped = _drop_identities(model, originals if IDENTITY in selected else set(), originals)
             if dropped:
                 report.fired[IDENTITY] += dropped

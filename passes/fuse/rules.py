@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from onnxscript.rewriter.pattern import RewriteRule
 from passc.passes.fuse.attention import attention_rules
+from passc.passes.fuse.constants import CONSTANTS
 from passc.passes.fuse.conv_affine import conv_affine_rules
 from passc.passes.fuse.gelu import gelu_rules
 from passc.passes.fuse.gemm import gemm_rules
@@ -20,9 +21,10 @@ from passc.passes.fuse.no_ops import no_op_rules
 from passc.passes.fuse.normalization import normalization_rules
 from passc.passes.fuse.pad_folding import pad_rules
 
-__all__ = ["RuleEntry", "IDENTITY", "RULE_NAMES", "catalogue"]
+__all__ = ["RuleEntry", "IDENTITY", "CONSTANTS", "RULE_NAMES", "catalogue"]
 
-# Not a pattern rule: Identity nodes are removed by the pass itself after every round.
+# Not pattern rules: the pass itself folds small constants (constants.py) before every round and
+# removes Identity nodes after it.
 IDENTITY = "identity"
 
 _REUSED = frozenset({"noop-cast", "noop-expand", "noop-transpose", "transpose-transpose"})
@@ -92,4 +94,4 @@ def catalogue(attention: str = "decomposed") -> dict[str, RuleEntry]:
     return entries
 
 
-RULE_NAMES: tuple[str, ...] = (IDENTITY, *catalogue())
+RULE_NAMES: tuple[str, ...] = (CONSTANTS, IDENTITY, *catalogue())
