@@ -404,3 +404,13 @@ def test_pareto_plot_puts_the_ilp_at_or_below_greedy(tmp_path) -> None:
     for size, objective in front.uniform.values():
         better = [ilp for budget, ilp in zip(front.budgets, front.ilp, strict=True) if budget >= size]
         assert all(ilp[1] <= objective + 1e-12 for ilp in better)
+
+
+@pytest.mark.parametrize("method", ["greedy", "uniform"])
+def test_baseline_methods_realise_their_own_choice(method: str) -> None:
+    """method=greedy / uniform realises the baseline's assignment (for benchmarks against the ILP)."""
+    assigner = _assign(_cnn(), budget="avg-bits=5", samples="2", method=method)
+    expected = greedy(assigner.problem) if method == "greedy" else best_uniform(assigner.problem)
+    assert assigner.solution.choice == expected.choice
+    ilp = solve(assigner.problem)
+    assert ilp.objective <= assigner.solution.objective + 1e-12

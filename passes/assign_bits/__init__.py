@@ -109,6 +109,9 @@ class AssignBits(PasscPass):
             default=8, metadata={"help": "random calibration batches when no calibration data is given"}
         )
         metric: str = dataclasses.field(default="mse", metadata={"help": "distortion: mse or kl"})
+        method: str = dataclasses.field(
+            default="ilp", metadata={"help": "ilp; or greedy / uniform (the widest single width), to compare"}
+        )
         time_limit: float = dataclasses.field(default=60.0, metadata={"help": "ILP time limit, seconds"})
         tolerance_margin: float = dataclasses.field(
             default=2.0, metadata={"help": "declared tolerance = margin × measured max relative error"}
@@ -138,6 +141,8 @@ class AssignBits(PasscPass):
                 raise UsageError("assign-bits.granularity must be channel or group")
             if self.group_size < 1:
                 raise UsageError("assign-bits.group_size must be at least 1")
+            if self.method not in ("ilp", "greedy", "uniform"):
+                raise UsageError("assign-bits.method must be ilp, greedy or uniform")
             if self.metric not in METRICS:
                 raise UsageError(f"assign-bits.metric must be one of {', '.join(METRICS)}")
             get_target(self.latency_target)  # an unknown target is a UsageError now
@@ -219,6 +224,16 @@ class AssignBits(PasscPass):
         names = tuple(layer.name for layer in layers)
         return Problem(names, widths, distortion, costs, limits, ties, shows)
 
+    def _choose(self, problem: Problem) -> Solution:
+        """The assignment by the `method` option: the ILP, or a baseline for comparison."""
+        method = self.options.method
+        if method == "ilp":
+            return solve(problem, self.options.time_limit)
+        found = greedy(problem) if method == "greedy" else best_uniform(problem)
+        if found is None:
+            raise UsageError(f"assign-bits: method={method} finds no assignment within the budgets")
+        return found
+
     def _plot(self, model: ir.Model, assigned: list[Layer], path: Path) -> None:
         """The size frontier of the measured problem, with the chosen assignment circled."""
         problem, s = self.problem, self.solution
@@ -255,7 +270,7 @@ class AssignBits(PasscPass):
         probe = Probe(model, assigned, batches)
         table = probe.sensitivities(assigned, sorted(o.widths), o.scheme, o.metric)
         self.problem = self.build_problem(model, assigned, table)
-        self.solution = s = solve(self.problem, o.time_limit)
+        self.solution = s = self._choose(self.problem)
         if o.pareto_plot:
             self._plot(model, assigned, Path(o.pareto_plot))
         params: list[str] = []
