@@ -32,6 +32,7 @@ from passc.pass_base import RUNTIME_PARAMS_KEY, PasscPass
 from passc.registry import register_pass
 
 __all__ = [
+    "ASSIGNMENT_KEY",
     "AssignBits",
     "BIT_WIDTHS_KEY",
     "LatencyTable",
@@ -49,6 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BIT_WIDTHS_KEY = "passc.bit_widths"  # JSON {layer: width}, float layers at 32
+ASSIGNMENT_KEY = "passc.assignment"  # JSON {method, objective (Σ Ω), totals per budget kind, gap}
 WIDTHS = (*INTEGER_WIDTHS, 16, 32)
 
 
@@ -284,6 +286,9 @@ class AssignBits(PasscPass):
         widths = {layer.name: s.widths.get(layer.name, 32) for layer in layers}
         model.metadata_props[BIT_WIDTHS_KEY] = json.dumps(widths)
         model.metadata_props[RUNTIME_PARAMS_KEY] = json.dumps(params)
+        model.metadata_props[ASSIGNMENT_KEY] = json.dumps(
+            {"method": s.method, "objective": s.objective, "totals": s.totals, "gap": s.gap}
+        )
         outputs = [oracle.run_onnxruntime(model, batch) for batch in batches]
         worst = max(
             e.max_rel for y, r in zip(outputs, probe.reference, strict=True) for e in oracle.compare(y, r)
