@@ -106,7 +106,13 @@ def fold_small_constants(model: ir.Model) -> list[str]:
             return True
         return None if node in members else False
 
-    names = {node: describe(node) for node in cone}
-    fold_constants_ir(model, should_fold=should_fold)
-    remaining = set(model.graph)
-    return [name for node, name in names.items() if node not in remaining]
+    # Every node the folder removes counts, in or out of the cone (it also simplifies non-constant
+    # ops such as Shape, which canonicalize has done already unless fuse runs without it).
+    names = {node: describe(node) for node in model.graph}
+    result = fold_constants_ir(model, should_fold=should_fold)
+    remaining = list(model.graph)
+    kept = set(remaining)
+    folded = [name for node, name in names.items() if node not in kept]
+    if result.modified and not folded:  # rewritten in place: report the new nodes, so fired ⇔ modified
+        folded = [describe(node) for node in remaining if node not in names] or ["graph outputs"]
+    return folded
