@@ -40,7 +40,7 @@ def compile(  # noqa: A001 - the name users expect, like tvm.compile
     `model` is an .onnx path, an onnx/onnx_ir model or a torch module (then pass
     `example_inputs=(x, ...)`). `output` defaults to `build/<model name>.<target>`. Keyword options
     are those of `passc compile`: input_shapes, passes, pass_options, pipeline_file, plugins,
-    verify_each, bundle, depfile, progress.
+    verify_each, bundle, depfile, threads, progress.
     """
     from passc.compiler import compile_model
 

@@ -7,6 +7,7 @@ the same model gives byte-identical files. It is written whole or not at all.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -124,6 +125,15 @@ class Artifact:
         return oracle.random_inputs([(s["name"], tuple(s["shape"]), s["dtype"]) for s in self.inputs], seed)
 
     @property
+    def threads(self) -> int:
+        """The default number of TVM worker threads (the target's, or `--threads`)."""
+        return int(self.manifest["target"]["threads"])
+
+    def _thread_env(self) -> dict[str, str]:
+        """The environment with TVM_NUM_THREADS set to the artifact's default unless already set."""
+        return {"TVM_NUM_THREADS": str(self.threads), **os.environ}
+
+    @property
     def params(self) -> list[np.ndarray]:
         """The runtime parameters the entry point takes after its inputs, read from PARAMS."""
         entries = self.manifest["functions"][ENTRY].get("params", [])
@@ -171,6 +181,8 @@ class Artifact:
             results = self._run_bundled(arrays)
         elif self.target.runs_on_host:
             if self._host_module is None:
+                # TVM reads TVM_NUM_THREADS once, when the process first runs a parallel kernel.
+                os.environ.setdefault("TVM_NUM_THREADS", str(self.threads))
                 self._host_module = HostModule(self.path / LIBRARY)
             results = self._host_module(ENTRY, *arrays, *self.params)
         else:
@@ -194,7 +206,7 @@ class Artifact:
                 array.tofile(path)
             command += [str(self.path.resolve() / "passc-run"), str(self.path.resolve() / LIBRARY)]
             command += [str(p) for p in in_files + out_files]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, env=self._thread_env())
             if done.returncode != 0:
                 raise PasscError(f"passc-run failed: {done.stderr.strip() or done.returncode}")
             return [

@@ -54,6 +54,7 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline_file": args.pipeline,
         "plugins": args.plugin,
         "verify_each": args.verify_each,
+        "threads": args.threads,
         "progress": _say(args),
     }
 
@@ -322,6 +323,12 @@ def _parser() -> argparse.ArgumentParser:
         "--verify-each",
         action="store_true",
         help="check the model against onnxruntime after every pass",
+    )
+    build.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="the artifact's default thread count (default: the target's; TVM_NUM_THREADS overrides)",
     )
 
     parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[global_flags(False)])

@@ -22,6 +22,7 @@ from passc.artifact import (
     write_params,
 )
 from passc.bundle import bundle_files
+from passc.errors import UsageError
 from passc.loading import bind_input_shapes, load_model, require_static_shapes
 from passc.lowering import lower, tvm_versions
 from passc.pipeline import PassRecord, build_pipeline, run_pipeline
@@ -55,6 +56,7 @@ def compile_model(
     verify_each: bool = False,
     bundle: bool = False,
     depfile: str | Path | None = None,
+    threads: int | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CompileResult:
     """Compiles `model` (an .onnx path, ONNX/onnx_ir model or torch module) into an artifact dir.
@@ -67,6 +69,8 @@ def compile_model(
     for plugin in plugins:
         load_plugin(plugin)
     target = target if isinstance(target, Target) else get_target(target)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
     pipeline_path = Path(pipeline_file) if pipeline_file is not None else None
     specs = build_pipeline(target.default_passes, passes, pass_options, pipeline_path)
     target.require_cxx()
@@ -99,7 +103,7 @@ def compile_model(
                 "name": target.name,
                 "arch": target.arch,
                 "tvm": target.tvm,
-                "threads": target.threads,
+                "threads": threads or target.threads,  # the runners' default TVM_NUM_THREADS
             },
             "source_sha256": loaded.sha256,
             "functions": {

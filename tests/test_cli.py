@@ -148,6 +148,7 @@ def test_plugin_pass_runs_from_the_command_line(run_cli, tmp_path: Path) -> None
             "--input-shape names 'image', but the model's inputs are: input",
         ),
         (lambda d: EXAMPLE, ["--input-shape", "input=1,3"], 2, "bad --input-shape"),
+        (lambda d: EXAMPLE, ["--threads", "0"], 2, "--threads must be at least 1"),
         (lambda d: _unsupported(d), [], 1, "TVM cannot lower op Det (node 'det_node')"),
         (
             lambda d: _plugin(d, "raise RuntimeError('boom')"),

@@ -147,3 +147,19 @@ def test_other_arm_targets_run_under_their_emulated_cpu(tmp_path: Path, target: 
     )
     inputs = artifact.random_inputs()
     _assert_matches(artifact.run(inputs, emulate=True), _reference(EXAMPLE, shapes, inputs))
+
+
+def test_threads_default_to_the_target_and_the_environment_wins(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    shapes = {"input": (1, 3, 64, 64)}
+    default = passc.compile(EXAMPLE, target="rpi5", output=tmp_path / "a", input_shapes=shapes)
+    assert default.threads == 4  # rpi5.toml
+    artifact = passc.compile(
+        EXAMPLE, target="host", output=tmp_path / "b", input_shapes=shapes, bundle=True, threads=3
+    )
+    assert artifact.manifest["target"]["threads"] == 3
+    assert artifact._thread_env()["TVM_NUM_THREADS"] == "3"
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    assert artifact._thread_env()["TVM_NUM_THREADS"] == "1"
+    inputs = artifact.random_inputs()
+    _assert_matches(artifact.run(inputs, emulate=True), _reference(EXAMPLE, shapes, inputs))

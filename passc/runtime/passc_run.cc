@@ -6,7 +6,7 @@
 // from manifest.json beside model.so. Each .bin file holds one tensor's raw bytes, C order, little endian: exactly
 // prod(shape) * itemsize bytes. Runtime parameters (packed weights) listed under "params" are read
 // from params.bin beside model.so and passed after the inputs. TVM_NUM_THREADS sets the number of
-// worker threads.
+// worker threads; unset, it defaults to the manifest's target.threads.
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/dtype.h>
@@ -138,6 +138,8 @@ int main(int argc, char** argv) {
     auto signature =
         manifest.at("functions").cast<ffi::json::Object>().at(kEntry).cast<ffi::json::Object>();
     std::vector<TensorSpec> inputs = ReadSpecs(signature, "inputs");
+    int64_t threads = manifest.at("target").cast<ffi::json::Object>().at("threads").cast<int64_t>();
+    setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), /*overwrite=*/0);  // before TVM starts
     std::vector<TensorSpec> outputs = ReadSpecs(signature, "outputs");
     size_t want = 2 + inputs.size() + outputs.size();
     if (static_cast<size_t>(argc) != want) {
