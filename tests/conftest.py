@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx.parser
+import onnx_ir as ir
 import pytest
 
 from passc.cli import main as cli_main
@@ -18,6 +21,29 @@ def parse(text: str) -> onnx.ModelProto:
     model = onnx.parser.parse_model(text)
     onnx.checker.check_model(model)
     return model
+
+
+def weighted_model(signature: str, body: str, **weights: np.ndarray) -> ir.Model:
+    """A model from onnx text: `signature` like "(float[1, 4] x) => (float y)" (output shapes are
+    inferred), `body` the nodes; `weights` become initializers named by their keyword. Nodes are
+    named after their first output."""
+    declared = "".join(f", float[{','.join(map(str, w.shape))}] {k}" for k, w in weights.items())
+    inputs, outputs = signature.split(")", 1)
+    proto = onnx.parser.parse_model(
+        f'<ir_version: 8, opset_import: ["" : 17]> g {inputs}{declared}){outputs} {{ {body} }}'
+    )
+    graph = proto.graph
+    kept = [i for i in graph.input if i.name not in weights]
+    graph.ClearField("input")
+    graph.input.extend(kept)
+    graph.initializer.extend(onnx.numpy_helper.from_array(w, k) for k, w in weights.items())
+    for node in graph.node:
+        node.name = node.output[0]
+    for output in graph.output:
+        output.type.tensor_type.ClearField("shape")
+    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:

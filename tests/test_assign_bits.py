@@ -32,6 +32,7 @@ from passc import oracle
 from passc.errors import UsageError
 from passc.pass_base import make_options
 from passc.pipeline import build_pipeline, run_pipeline
+from tests.conftest import weighted_model
 
 RNG = np.random.default_rng(0)
 
@@ -45,27 +46,6 @@ def _w(*shape: int, scale: float = 1.0, tail: float = 0.0) -> np.ndarray:
     return (scale * w / np.sqrt(fan_in)).astype(np.float32)
 
 
-def _model(signature: str, body: str, **weights: np.ndarray) -> ir.Model:
-    """A model from onnx text, nodes named by their first output; `weights` become initializers."""
-    declared = "".join(f", float[{','.join(map(str, w.shape))}] {k}" for k, w in weights.items())
-    inputs, outputs = signature.split(")", 1)
-    proto = onnx.parser.parse_model(
-        f'<ir_version: 8, opset_import: ["" : 17]> g {inputs}{declared}){outputs} {{ {body} }}'
-    )
-    graph = proto.graph
-    kept = [i for i in graph.input if i.name not in weights]
-    graph.ClearField("input")
-    graph.input.extend(kept)
-    graph.initializer.extend(onnx.numpy_helper.from_array(w, k) for k, w in weights.items())
-    for node in graph.node:
-        node.name = node.output[0]
-    for output in graph.output:
-        output.type.tensor_type.ClearField("shape")
-    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
-
-
 CNN_WEIGHTS = {
     "w1": _w(16, 3, 3, 3),
     "w2": _w(32, 16, 3, 3, tail=0.3),
@@ -77,7 +57,7 @@ CNN_WEIGHTS = {
 
 def _cnn() -> ir.Model:
     """conv c1 (first) → conv c2 → 1×1 conv c3 → pool → Gemm g4 (transB) → MatMul m5 (last)."""
-    return _model(
+    return weighted_model(
         "(float[2, 3, 12, 12] x) => (float[2, 10] y)",
         """c1 = Conv<pads = [1, 1, 1, 1]>(x, w1)
            r1 = Relu(c1)
@@ -102,7 +82,8 @@ MLP_WEIGHTS = {f"w{i}": _w(*shape, scale=s, tail=t) for i, (shape, s, t) in enum
 def _mlp() -> ir.Model:
     """Seven MatMuls h1 … h6, y with Relu between; weights of varied scales and tails."""
     body = "\n".join(f"h{i} = MatMul(a{i - 1}, w{i})\na{i} = Relu(h{i})" for i in range(1, 7))
-    return _model("(float[16, 32] a0) => (float[16, 10] y)", body + "\ny = MatMul(a6, w7)", **MLP_WEIGHTS)
+    signature = "(float[16, 32] a0) => (float[16, 10] y)"
+    return weighted_model(signature, body + "\ny = MatMul(a6, w7)", **MLP_WEIGHTS)
 
 
 def _assign(model: ir.Model, **options) -> AssignBits:
@@ -222,7 +203,7 @@ DECODE_CASES = {
 @pytest.mark.parametrize(("group", "symmetric"), [(None, True), (None, False), (4, True), (4, False)])
 def test_decode_graph_equals_numpy_dequantization(case: str, width: int, group: int, symmetric: bool) -> None:
     signature, body, weight = DECODE_CASES[case]
-    model = _model(signature, body, w=weight)
+    model = weighted_model(signature, body, w=weight)
     (layer,) = find_layers(model.graph)
     scheme = Scheme(group, symmetric)
     params = realise(model.graph, layer, width, scheme)

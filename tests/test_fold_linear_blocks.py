@@ -15,6 +15,7 @@ from passc import oracle
 from passc.errors import UsageError
 from passc.pass_base import make_options
 from passc.stats import model_stats
+from tests.conftest import weighted_model
 
 RNG = np.random.default_rng(0)
 
@@ -32,25 +33,6 @@ def _bn(c: int, tag: str) -> dict[str, np.ndarray]:
         "v": RNG.uniform(0.5, 2.0, c).astype(np.float32),  # variance
     }
     return {f"{k}{tag}": v for k, v in params.items()}
-
-
-def _model(signature: str, body: str, **weights: np.ndarray) -> ir.Model:
-    """A model from onnx text (output shapes inferred); `weights` become initializers by keyword."""
-    declared = "".join(f", float[{','.join(map(str, w.shape))}] {k}" for k, w in weights.items())
-    inputs, outputs = signature.split(")", 1)
-    proto = onnx.parser.parse_model(
-        f'<ir_version: 8, opset_import: ["" : 17]> g {inputs}{declared}){outputs} {{ {body} }}'
-    )
-    graph = proto.graph
-    kept = [i for i in graph.input if i.name not in weights]
-    graph.ClearField("input")
-    graph.input.extend(kept)
-    graph.initializer.extend(onnx.numpy_helper.from_array(w, k) for k, w in weights.items())
-    for output in graph.output:
-        output.type.tensor_type.ClearField("shape")
-    proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
 
 
 def _fold(model: ir.Model, **options) -> tuple[bool, list[str], FoldLinearBlocks]:
@@ -72,7 +54,7 @@ X16 = "(float[1, 16, 12, 10] x) => (float y)"
 
 
 def test_collapsible_block_with_residual_folds_to_one_conv() -> None:
-    model = _model(
+    model = weighted_model(
         X16,
         """a = Conv<pads = [1, 1, 1, 1]>(x, w1, b1)
            p = Conv(a, w2, b2)
@@ -92,7 +74,7 @@ def test_collapsible_block_with_residual_folds_to_one_conv() -> None:
 
 
 def test_residual_lands_on_the_tap_its_padding_selects() -> None:
-    model = _model(
+    model = weighted_model(
         X16,
         """t = Conv<pads = [2, 0, 0, 2]>(x, w)
            y = Add(x, t)""",
@@ -103,7 +85,7 @@ def test_residual_lands_on_the_tap_its_padding_selects() -> None:
 
 
 def test_batchnorm_between_and_after_folds() -> None:
-    model = _model(
+    model = weighted_model(
         X16,
         """a = Conv<pads = [2, 2, 2, 2]>(x, w1)
            n = BatchNormalization(a, s1, h1, m1, v1)
@@ -121,7 +103,7 @@ def test_batchnorm_between_and_after_folds() -> None:
 
 
 def test_chain_of_three_grows_the_kernel() -> None:
-    model = _model(
+    model = weighted_model(
         "(float[1, 4, 12, 12] x) => (float y)",
         """a = Conv(x, w1, b1)
            b = Conv(a, w2, b2)
@@ -139,7 +121,7 @@ def test_chain_of_three_grows_the_kernel() -> None:
 
 
 def test_strided_first_conv_composes_with_a_valid_second() -> None:
-    model = _model(
+    model = weighted_model(
         "(float[1, 3, 17, 15] x) => (float y)",
         """a = Conv<strides = [2, 2], pads = [1, 0, 1, 2], dilations = [1, 2]>(x, w1, b1)
            y = Conv<strides = [1, 2]>(a, w2, b2)""",
@@ -153,7 +135,7 @@ def test_strided_first_conv_composes_with_a_valid_second() -> None:
 
 
 def test_pointwise_then_padded_conv_folds_when_the_first_has_no_bias() -> None:
-    model = _model(
+    model = weighted_model(
         X16,
         """a = Conv(x, w1)
            y = Conv<pads = [1, 1, 1, 1]>(a, w2, b2)""",
@@ -167,7 +149,7 @@ def test_pointwise_then_padded_conv_folds_when_the_first_has_no_bias() -> None:
 
 def test_repvgg_branches_sum_into_one_conv() -> None:
     weights = {"w3": _w(16, 16, 3, 3), "w1": _w(16, 16, 1, 1), **_bn(16, "a"), **_bn(16, "b"), **_bn(16, "c")}
-    model = _model(
+    model = weighted_model(
         X16,
         """t3 = Conv<pads = [1, 1, 1, 1]>(x, w3)
            n3 = BatchNormalization(t3, sa, ha, ma, va)
@@ -184,7 +166,7 @@ def test_repvgg_branches_sum_into_one_conv() -> None:
 
 
 def test_matmul_chain_with_biases_folds() -> None:
-    model = _model(
+    model = weighted_model(
         "(float[2, 5, 8] x) => (float y)",
         """a = MatMul(x, w1)
            b = Add(c1, a)
@@ -204,7 +186,7 @@ def test_matmul_chain_with_biases_folds() -> None:
 
 
 def test_gemm_chain_folds_alpha_beta_and_transposes() -> None:
-    model = _model(
+    model = weighted_model(
         "(float[3, 8] x) => (float y)",
         """a = Gemm<alpha = 0.5, beta = 2.0, transB = 1>(x, w1, c1)
            y = Gemm<alpha = 1.5>(a, w2, c2)""",
@@ -255,7 +237,8 @@ def test_near_misses_are_left_alone(case: str) -> None:
         "w3b": _w(16, 16, 3, 3),
     }
     body = NEAR_MISSES[case]
-    model = _model(X16, body, **{k: v for k, v in weights.items() if f"{k})" in body or f"{k}," in body})
+    used = {k: v for k, v in weights.items() if f"{k})" in body or f"{k}," in body}
+    model = weighted_model(X16, body, **used)
     before = [n.op_type for n in model.graph]
     modified, ops, _ = _fold(model)
     assert not modified and ops == before
@@ -277,8 +260,8 @@ def test_bottleneck_matmul_is_not_folded_unless_asked() -> None:
     weights = {"w1": _w(64, 4), "w2": _w(4, 64)}
     body = "a = MatMul(x, w1)\n y = MatMul(a, w2)"
     signature = "(float[2, 64] x) => (float y)"
-    assert _fold(_model(signature, body, **weights))[1] == ["MatMul", "MatMul"]
-    assert _fold(_model(signature, body, **weights), allow_mac_increase=True)[1] == ["MatMul"]
+    assert _fold(weighted_model(signature, body, **weights))[1] == ["MatMul", "MatMul"]
+    assert _fold(weighted_model(signature, body, **weights), allow_mac_increase=True)[1] == ["MatMul"]
 
 
 def test_bad_options_raise() -> None:
