@@ -1,4 +1,4 @@
-"""What every folding rule shares: reading constants, naming new initializers, counting rewrites."""
+"""What every folding rule shares: counting rewrites and naming new initializers (as `fuse` does)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from passc.passes.fuse._common import constant, fresh_initializer
 
 __all__ = ["FoldRule", "constant"]
-
-
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The value's constant contents (an initializer or folded Constant), or None."""
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    return value.const_value.numpy()
 
 
 class FoldRule(RewriteRuleClassBase):
@@ -39,9 +33,4 @@ class FoldRule(RewriteRuleClassBase):
 
     def initializer(self, op, suffix: str, array: np.ndarray) -> ir.Value:
         """A new initializer holding `array`, never clashing with one the graph holds."""
-        base = name = f"{self._base}_{suffix}"
-        n = 0
-        while name in self._graph.initializers:
-            n += 1
-            name = f"{base}_{n}"
-        return op.initializer(ir.tensor(array.astype(self._dtype)), name=name)
+        return fresh_initializer(op, self._graph, array.astype(self._dtype), f"{self._base}_{suffix}")
