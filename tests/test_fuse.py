@@ -664,6 +664,7 @@ def test_unknown_rule_and_bad_options_are_usage_errors() -> None:
         lambda: rms_norm(23),
         lambda: gelu_tanh(20),
         lambda: attention(17),
+        lambda: anchors(6),
     ],
     ids=[
         "conv-bn",
@@ -673,6 +674,7 @@ def test_unknown_rule_and_bad_options_are_usage_errors() -> None:
         "rms-norm-23",
         "gelu-tanh-20",
         "attention",
+        "constants",
     ],
 )
 def test_fused_models_import_into_tvm(make) -> None:
