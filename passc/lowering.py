@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -61,12 +62,23 @@ def unsupported_nodes(model: ir.Model) -> list[ir.Node]:
     return [n for n in model.graph if n.domain not in ("", "ai.onnx") or n.op_type not in known]
 
 
+SCHEDULES_ENV = "PASSC_SCHEDULES"
+
+
 def _relax_pipeline(tvm_target: Any) -> Any:
-    """The Relax phases for a CPU target; schedules and tuning records slot in after legalize."""
+    """The Relax phases for a CPU target; schedules and tuning records slot in after legalize.
+
+    After legalize every kernel gets passc's default schedule (`passc.schedules`); setting the
+    environment variable PASSC_SCHEDULES=0 leaves TVM's naive loops, which benchmarks compare with.
+    """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    schedule_passes: list[Any] = []  # the CPU performance work adds dlight rules / records here
+    schedule_passes: list[Any] = []
+    if os.environ.get(SCHEDULES_ENV, "1") != "0":  # PASSC_SCHEDULES=0: TVM's untuned loops, to compare
+        from passc.schedules import schedule_passes as default_schedules
+
+        schedule_passes = default_schedules(tvm_target)
     phases = (
         cpu_generic.library_dispatch_passes(tvm_target)
         + cpu_generic.legalize_passes(tvm_target)

@@ -1,0 +1,12 @@
+"""passc's default CPU schedules: TIR schedule rules that need no tuning.
+
+TVM legalizes every Relax op into naive TIR loops. These rules give each kernel a schedule at
+compile time, the way TVM's dlight rules do (`ApplyDefaultSchedule` after legalize): register and
+cache tiling of contractions (conv2d, depthwise conv, matmul, batch matmul) with their elementwise
+epilogues fused into the tile, parallel outer loops, vectors of the target's width, unrolled inner
+reductions. Like `passc.lowering`, this package imports TVM; only the lowering imports it.
+"""
+
+from passc.schedules.rules import Contraction, CPUSpec, Elementwise, cpu_spec, default_rules, schedule_passes
+
+__all__ = ["CPUSpec", "Contraction", "Elementwise", "cpu_spec", "default_rules", "schedule_passes"]

@@ -1,0 +1,311 @@
+"""The schedule rules, parameterised by the target's vector width and register count.
+
+A rule takes one legalized PrimFunc and returns a `tvm.s_tir.Schedule`, or None when it does not
+apply; `ApplyDefaultSchedule` then tries the next rule, and a function no rule takes stays as
+legalized (correct, just slow). Any schedule primitive that refuses (a `ScheduleError`) makes the
+whole rule return None, so a rule can only ever change how a kernel runs, never what it computes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+# What TVM raises when a schedule primitive or analysis refuses a kernel (ScheduleError is a
+# RuntimeError; FFI checks surface as ValueError, TypeError or IndexError).
+_REFUSALS = (RuntimeError, ValueError, TypeError, IndexError)
+
+__all__ = ["CPUSpec", "Contraction", "Elementwise", "cpu_spec", "default_rules", "schedule_passes"]
+
+_AVX512 = ("avx512", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake", "sapphirerapids")
+_AVX512 += ("graniterapids", "znver4", "znver5", "x86-64-v4")
+_AVX2 = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "znver1", "znver2", "znver3")
+_AVX2 += ("x86-64-v3", "avx2", "avx")
+
+
+@dataclass(frozen=True)
+class CPUSpec:
+    """What the rules need to know about a CPU: float32 lanes per vector and vector registers."""
+
+    lanes: int
+    registers: int
+
+
+def cpu_spec(target: Target) -> CPUSpec:
+    """The vector shape LLVM will generate code for, from the target's mcpu, mattr and triple.
+
+    A target without an mcpu compiles for the architecture's baseline (SSE2 on x86-64: 4 lanes,
+    16 registers); NEON has 4 lanes and 32 registers; AVX2 8 and 16; AVX-512 16 and 32.
+    """
+    attrs = target.attrs
+    mcpu = str(attrs.get("mcpu", "")).lower()
+    mattr = " ".join(str(a).lower() for a in attrs.get("mattr", []))
+    triple = str(attrs.get("mtriple", "")).lower()
+    if triple.startswith(("aarch64", "arm")) or "+neon" in mattr or mcpu.startswith(("cortex", "neoverse")):
+        return CPUSpec(lanes=4, registers=32)
+    features = f"{mcpu} {mattr}"
+    if any(name in features for name in _AVX512):
+        return CPUSpec(lanes=16, registers=32)
+    if any(name in features for name in _AVX2):
+        return CPUSpec(lanes=8, registers=16)
+    return CPUSpec(lanes=4, registers=16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis: blocks directly under the root, with loops bound one to one to their block iterators.
+
+
+@dataclass
+class _Block:
+    rv: Any
+    name: str
+    kinds: str  # one letter per block iterator: S (spatial) or R (reduction)
+    extents: list[int]
+
+    @property
+    def injective(self) -> bool:
+        return "R" not in self.kinds
+
+
+def _blocks(sch: s_tir.Schedule) -> list[_Block] | None:
+    """The root's child blocks in order, or None if a block is nested, has a non-constant loop, or
+    its loops are not its iterators one to one (the form legalize emits; anything else is left)."""
+    blocks = []
+    for rv in sch.get_child_blocks(sch.get_sblock("root")):
+        block = sch.get(rv)
+        loops = sch.get_loops(rv)
+        if not loops or sch.get_child_blocks(rv) or len(loops) != len(block.iter_vars):
+            return None
+        realize = sch.get(loops[-1]).body
+        if not isinstance(realize, s_tir.SBlockRealize):
+            return None
+        kinds, extents = "", []
+        for loop_rv, iter_var, value in zip(loops, block.iter_vars, realize.iter_values, strict=True):
+            loop = sch.get(loop_rv)
+            if not isinstance(value, tirx.Var) or not value.same_as(loop.loop_var):
+                return None
+            if not isinstance(loop.extent, tirx.IntImm) or not isinstance(loop.min, tirx.IntImm):
+                return None
+            if iter_var.iter_type == tirx.IterVar.DataPar:
+                kinds += "S"
+            elif iter_var.iter_type == tirx.IterVar.CommReduce:
+                kinds += "R"
+            else:
+                return None
+            extents.append(int(loop.extent))
+        blocks.append(_Block(rv, block.name_hint, kinds, extents))
+    return blocks
+
+
+def _divisor(extent: int, limit: int, multiple_of: int = 1) -> int:
+    """The largest divisor of `extent` not above `limit`, preferring multiples of `multiple_of`."""
+    divisors = [d for d in range(1, min(extent, limit) + 1) if extent % d == 0]
+    aligned = [d for d in divisors if d % multiple_of == 0]
+    return (aligned or divisors)[-1]
+
+
+_PARALLEL_MIN = 4096  # elements of work below which a thread pool launch costs more than it saves
+
+
+def _vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec, parallel: bool = True) -> None:
+    """Fuses a spatial block's loops, vectorizes `lanes` at a time, parallelizes the rest."""
+    loops = sch.get_loops(block)
+    total = math.prod(int(sch.get(loop).extent) for loop in loops)
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    if total % spec.lanes == 0 and total >= 2 * spec.lanes:
+        outer, inner = sch.split(fused, [None, spec.lanes])
+        sch.vectorize(inner)
+    else:
+        outer = fused
+    if parallel and total >= _PARALLEL_MIN:
+        sch.parallel(outer)
+
+
+class _Rule(ScheduleRule):
+    """A CPU rule; `schedule` may raise a schedule error, which means "does not apply"."""
+
+    def __init__(self, spec: CPUSpec | None = None) -> None:
+        self.spec = spec
+
+    def apply(self, func: Any, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            blocks = _blocks(sch)
+            if not blocks:
+                return None
+            return self.schedule(sch, blocks, self.spec or cpu_spec(target))
+        except _REFUSALS:
+            return None
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+
+class Elementwise(_Rule):
+    """Kernels with no reduction (activations, adds, pads, transposes, gathers): inline the chain
+    into as few blocks as possible, then each remaining block is one flat parallel, vector loop."""
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        if not all(b.injective for b in blocks):
+            return None
+        remaining = _inline_injective(sch, blocks)
+        for block in remaining:
+            _vectorize_flat(sch, block.rv, spec)
+        return sch
+
+
+def _inline_injective(sch: s_tir.Schedule, blocks: list[_Block]) -> list[_Block]:
+    """Inlines every injective block that can be (into its consumer, else its producer)."""
+    blocks = list(blocks)
+    changed = True
+    while changed:
+        changed = False
+        for i, block in enumerate(blocks):
+            if not block.injective:
+                continue
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(block.rv)
+                except _REFUSALS:
+                    continue
+                blocks.pop(i)
+                changed = True
+                break
+            if changed:
+                break
+    return blocks
+
+
+def register_tile(extents: list[int], spec: CPUSpec) -> list[int]:
+    """Tile factors for a reduction's spatial loops: the accumulators a tile keeps in registers.
+
+    The innermost loop (the output's contiguous axis) gets one vector: `lanes` if it divides the
+    extent, else the largest divisor below (7 of 7, 14 of 56 on AVX-512), or up to four vectors when
+    no outer loop can add rows (a matrix-vector product needs independent accumulators to hide FMA
+    latency). Then up to two outer loops, the one allowing the most rows first (often the output
+    channels, 7×7 feature maps divide badly), share the register budget of `registers - 4` (kept
+    for the loaded vector and broadcasts), at most 16 rows per loop. Factors divide their extents,
+    so no tile needs a tail loop.
+    """
+    budget = max(1, spec.registers - 4)
+    factors = [1] * len(extents)
+    column = extents[-1]
+    factors[-1] = spec.lanes if column % spec.lanes == 0 else _divisor(column, spec.lanes)
+    rows = 1
+    for _ in range(2):
+        left = min(16, budget // rows)
+        options = [(_divisor(e, left), -i) for i, e in enumerate(extents[:-1]) if factors[i] == 1 and e > 1]
+        best = max(options, default=(1, 0))
+        if best[0] <= 1:
+            break
+        factors[-best[1]] = best[0]
+        rows *= best[0]
+    if rows == 1 and column % spec.lanes == 0:
+        factors[-1] = spec.lanes * _divisor(column // spec.lanes, 4)
+    return factors
+
+
+class Contraction(_Rule):
+    """One reduction block (conv2d of any group count, matmul, batch matmul, pooling, mean) with
+    injective producers (pads) and consumers (bias, residual add, activations).
+
+    The reduction's spatial loops S and reduction loops R are tiled as
+        parallel(fuse(S outer)) · R · unroll(rows) · vector(column)
+    with the factors of `register_tile`: each step of R loads one vector of the input, broadcasts
+    one scalar per row (a weight, for a conv with output-channel rows) and does one fused
+    multiply-add per accumulator, the accumulator tile staying in registers for the whole
+    reduction; small inner reduction loops (3×3 taps) are unrolled.
+    The consumers are inlined into one epilogue, computed per tile while it is still hot.
+    Producers stay separate stages (a pad is cheap next to the conv it feeds).
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        reductions = [i for i, b in enumerate(blocks) if not b.injective]
+        if len(reductions) != 1:
+            return None
+        index = reductions[0]
+        main = blocks[index]
+        if "S" not in main.kinds or main.kinds.index("R") < main.kinds.rindex("S"):
+            return None  # spatial loops first, then reductions: the form legalize emits
+        consumers = _inline_injective(sch, blocks[index + 1 :])
+        producers = blocks[:index]
+        if len(consumers) > 1:
+            return None
+
+        loops = sch.get_loops(main.rv)
+        spatial = [(loop, e) for loop, k, e in zip(loops, main.kinds, main.extents, strict=True) if k == "S"]
+        reduce_loops = [loop for loop, k in zip(loops, main.kinds, strict=True) if k == "R"]
+        factors = register_tile([e for _, e in spatial], spec)
+        outer: list[Any] = []
+        inner: list[Any] = []
+        for (loop, extent), factor in zip(spatial, factors, strict=True):
+            if factor == 1:
+                outer.append(loop)
+            elif factor == extent:
+                inner.append(loop)
+            else:
+                o, n = sch.split(loop, [None, factor])
+                outer.append(o)
+                inner.append(n)
+        if not outer:
+            outer.append(sch.add_unit_loop(inner[0]))
+        sch.reorder(*outer, *reduce_loops, *inner)
+        tile = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        work = math.prod(main.extents[: main.kinds.index("R")])
+        if work >= _PARALLEL_MIN // 4 and int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+
+        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
+        epilogue_loops = sch.get_loops(epilogue)[1:]
+        if epilogue_loops and int(sch.get(epilogue_loops[-1]).extent) > 1:
+            sch.vectorize(epilogue_loops[-1])
+
+        if factors[-1] > 1:
+            sch.vectorize(inner[-1])
+        for loop in inner[:-1] if factors[-1] > 1 else inner:
+            sch.unroll(loop)
+        init = sch.decompose_reduction(main.rv, reduce_loops[0])
+        init_loops = sch.get_loops(init)
+        if len(init_loops) > 1 and factors[-1] > 1:
+            sch.vectorize(init_loops[-1])
+        sch.annotate(reduce_loops[-1], "pragma_auto_unroll_max_step", 16)
+        sch.annotate(reduce_loops[-1], "pragma_unroll_explicit", 1)
+
+        for block in producers:
+            _vectorize_flat(sch, block.rv, spec)
+        return sch
+
+
+def default_rules(spec: CPUSpec | None = None) -> list[ScheduleRule]:
+    """passc's rules in the order tried, then dlight's CPU rules for multi-reduction kernels
+    (softmax, layer norm). `spec` fixes the CPU; by default each function's target decides."""
+    return [Contraction(spec), Elementwise(spec), _Guarded(dlight.cpu.Reduction())]
+
+
+class _Guarded(_Rule):
+    """A dlight rule whose schedule errors count as "does not apply", like passc's own."""
+
+    def __init__(self, rule: ScheduleRule) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def apply(self, func: Any, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        try:
+            return self.rule.apply(func, target, tunable)
+        except _REFUSALS:
+            return None
+
+
+def schedule_passes(target: Target) -> list[Any]:
+    """The module passes that schedule every legalized PrimFunc (run under `target`)."""
+    del target  # each function's own target (or the current one) picks the CPU spec
+    return [dlight.ApplyDefaultSchedule(*default_rules())]

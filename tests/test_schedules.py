@@ -1,0 +1,151 @@
+"""passc's default CPU schedules: every kernel of small conv, depthwise, transformer and pooling nets
+gets a schedule, and the compiled outputs still match onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import passc
+from passc import oracle
+from passc.loading import load_model
+
+torch = pytest.importorskip("torch", reason="torch is the 'torch' extra")
+nn = torch.nn
+tvm = pytest.importorskip("tvm")
+
+from passc.schedules import CPUSpec, cpu_spec  # noqa: E402  (imports TVM)
+
+TOLERANCE = 1e-4
+
+
+class _ConvNet(nn.Module):
+    """Stem conv (stride 2) + residual 3×3 block + 1×1 conv with bias, ReLU, max pool, global mean, fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 7, 2, 3)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.conv1 = nn.Conv2d(16, 16, 3, 1, 1)
+        self.conv2 = nn.Conv2d(16, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.stem(x)))
+        x = torch.relu(self.conv1(x) + x)
+        return self.fc(torch.relu(self.conv2(x)).mean(dim=(2, 3)))
+
+
+class _Separable(nn.Module):
+    """MobileNet's inverted residual: pointwise expand, depthwise 3×3 (stride 1 and 2), ReLU6, project."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(8, 24, 1)
+        self.depthwise = nn.Conv2d(24, 24, 3, 1, 1, groups=24)
+        self.project = nn.Conv2d(24, 8, 1)
+        self.down = nn.Conv2d(8, 8, 3, 2, 1, groups=8)
+        self.avg = nn.AvgPool2d(2)
+
+    def forward(self, x):
+        y = nn.functional.relu6(self.depthwise(nn.functional.relu6(self.expand(x))))
+        return self.avg(self.down(x + self.project(y)))
+
+
+class _Attention(nn.Module):
+    """A transformer block: layer norm, multi-head attention (batch matmuls, softmax), GELU MLP."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(x)
+
+
+MODELS = {
+    "conv": (_ConvNet, (1, 3, 40, 36)),
+    "separable": (_Separable, (1, 8, 20, 20)),
+    "attention": (_Attention, (2, 12, 32)),
+}
+
+
+def _export(name: str, tmp_path: Path) -> Path:
+    module_class, shape = MODELS[name]
+    torch.manual_seed(0)
+    module = module_class().eval()
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(module, (torch.randn(shape),), path, dynamo=True, opset_version=18)
+    return path
+
+
+def _compile(path: Path, output: Path, monkeypatch, schedules: bool) -> passc.Artifact:
+    monkeypatch.setenv("PASSC_SCHEDULES", "1" if schedules else "0")
+    return passc.compile(path, target="host", output=output)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_scheduled_model_matches_onnxruntime(tmp_path: Path, monkeypatch, name: str) -> None:
+    path = _export(name, tmp_path)
+    artifact = _compile(path, tmp_path / "art", monkeypatch, schedules=True)
+    inputs = artifact.random_inputs()
+    expected = oracle.run_onnxruntime(load_model(path).model, inputs)
+    for error in oracle.compare(artifact(**inputs), expected):
+        assert error.max_rel <= TOLERANCE, error
+
+
+def test_every_kernel_of_the_conv_net_is_scheduled(tmp_path: Path) -> None:
+    import onnx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from passc.schedules import schedule_passes
+
+    mod = from_onnx(onnx.load(_export("conv", tmp_path)), keep_params_in_input=False)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    with target:
+        mod = tvm.transform.Sequential(
+            cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+        )(mod)
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    unscheduled = [name for name, f in kernels.items() if not f.attrs.get("tirx.is_scheduled", False)]
+    assert kernels and not unscheduled
+    assert any("conv2d" in name for name in kernels)
+
+
+def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) -> None:
+    path = _export("separable", tmp_path)
+    untuned = _compile(path, tmp_path / "untuned", monkeypatch, schedules=False)
+    inputs = untuned.random_inputs()
+    scheduled = _compile(path, tmp_path / "scheduled", monkeypatch, schedules=True)
+    a, b = untuned(**inputs), scheduled(**inputs)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("target", "spec"),
+    [
+        ({"kind": "llvm"}, CPUSpec(lanes=4, registers=16)),
+        ({"kind": "llvm", "mcpu": "haswell"}, CPUSpec(lanes=8, registers=16)),
+        ({"kind": "llvm", "mcpu": "skylake-avx512"}, CPUSpec(lanes=16, registers=32)),
+        ({"kind": "llvm", "mattr": ["+avx512f"]}, CPUSpec(lanes=16, registers=32)),
+        (
+            {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon"]},
+            CPUSpec(lanes=4, registers=32),
+        ),
+    ],
+)
+def test_vector_width_comes_from_the_target(target: dict, spec: CPUSpec) -> None:
+    assert cpu_spec(tvm.target.Target(target)) == spec
