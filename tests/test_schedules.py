@@ -141,6 +141,7 @@ def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) 
         ({"kind": "llvm", "mcpu": "haswell"}, CPUSpec(lanes=8, registers=16)),
         ({"kind": "llvm", "mcpu": "skylake-avx512"}, CPUSpec(lanes=16, registers=32)),
         ({"kind": "llvm", "mattr": ["+avx512f"]}, CPUSpec(lanes=16, registers=32)),
+        ({"kind": "llvm", "mcpu": "emeraldrapids"}, CPUSpec(lanes=16, registers=32)),
         (
             {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon"]},
             CPUSpec(lanes=4, registers=32),

@@ -38,10 +38,12 @@ class CPUSpec:
 
 
 def cpu_spec(target: Target) -> CPUSpec:
-    """The vector shape LLVM will generate code for, from the target's mcpu, mattr and triple.
+    """The vector shape LLVM will generate code for, from the target's triple, mcpu and mattr.
 
-    A target without an mcpu compiles for the architecture's baseline (SSE2 on x86-64: 4 lanes,
-    16 registers); NEON has 4 lanes and 32 registers; AVX2 8 and 16; AVX-512 16 and 32.
+    LLVM itself says which features the (triple, mcpu, mattr) has; if it cannot (a triple this
+    LLVM was built without), the mcpu and mattr names decide. A target without an mcpu compiles for
+    the architecture's baseline (SSE2 on x86-64: 4 lanes, 16 registers); NEON has 4 lanes and 32
+    registers; AVX2 8 and 16; AVX-512 16 and 32.
     """
     attrs = target.attrs
     mcpu = str(attrs.get("mcpu", "")).lower()
@@ -49,6 +51,17 @@ def cpu_spec(target: Target) -> CPUSpec:
     triple = str(attrs.get("mtriple", "")).lower()
     if triple.startswith(("aarch64", "arm")) or "+neon" in mattr or mcpu.startswith(("cortex", "neoverse")):
         return CPUSpec(lanes=4, registers=32)
+    try:
+        from tvm.target.codegen import llvm_cpu_has_features
+
+        if llvm_cpu_has_features("avx512f", target):
+            return CPUSpec(lanes=16, registers=32)
+        if llvm_cpu_has_features("avx2", target):
+            return CPUSpec(lanes=8, registers=16)
+        if llvm_cpu_has_features("sse2", target):
+            return CPUSpec(lanes=4, registers=16)
+    except _REFUSALS:
+        pass
     features = f"{mcpu} {mattr}"
     if any(name in features for name in _AVX512):
         return CPUSpec(lanes=16, registers=32)
@@ -113,17 +126,23 @@ def _divisor(extent: int, limit: int, multiple_of: int = 1) -> int:
 _PARALLEL_MIN = 4096  # elements of work below which a thread pool launch costs more than it saves
 
 
-def _vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec, parallel: bool = True) -> None:
-    """Fuses a spatial block's loops, vectorizes `lanes` at a time, parallelizes the rest."""
+def _vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec) -> None:
+    """A spatial block as one parallel loop over vectors of `lanes`. When the innermost extent is
+    a multiple of `lanes` all loops fuse (the vector index stays contiguous); otherwise the outer
+    loops fuse and the innermost is left to LLVM, since a vector across rows would need per-lane
+    division to index."""
     loops = sch.get_loops(block)
-    total = math.prod(int(sch.get(loop).extent) for loop in loops)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    if total % spec.lanes == 0 and total >= 2 * spec.lanes:
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    total = math.prod(extents)
+    if extents[-1] % spec.lanes == 0:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         outer, inner = sch.split(fused, [None, spec.lanes])
         sch.vectorize(inner)
+    elif len(loops) > 1:
+        outer = sch.fuse(*loops[:-1])
     else:
-        outer = fused
-    if parallel and total >= _PARALLEL_MIN:
+        outer = loops[0]
+    if total >= _PARALLEL_MIN:
         sch.parallel(outer)
 
 
@@ -184,7 +203,7 @@ def _inline_injective(sch: s_tir.Schedule, blocks: list[_Block]) -> list[_Block]
     return blocks
 
 
-def register_tile(extents: list[int], spec: CPUSpec) -> list[int]:
+def register_tile(extents: list[int], spec: CPUSpec, *, rows: bool = True) -> list[int]:
     """Tile factors for a reduction's spatial loops: the accumulators a tile keeps in registers.
 
     The innermost loop (the output's contiguous axis) gets one vector: `lanes` if it divides the
@@ -193,22 +212,23 @@ def register_tile(extents: list[int], spec: CPUSpec) -> list[int]:
     latency). Then up to two outer loops, the one allowing the most rows first (often the output
     channels, 7×7 feature maps divide badly), share the register budget of `registers - 4` (kept
     for the loaded vector and broadcasts), at most 16 rows per loop. Factors divide their extents,
-    so no tile needs a tail loop.
+    so no tile needs a tail loop. `rows=False` (pooling: nothing to reuse across rows) keeps one
+    vector.
     """
     budget = max(1, spec.registers - 4)
     factors = [1] * len(extents)
     column = extents[-1]
     factors[-1] = spec.lanes if column % spec.lanes == 0 else _divisor(column, spec.lanes)
-    rows = 1
-    for _ in range(2):
-        left = min(16, budget // rows)
+    count = 1
+    for _ in range(2 if rows else 0):
+        left = min(16, budget // count)
         options = [(_divisor(e, left), -i) for i, e in enumerate(extents[:-1]) if factors[i] == 1 and e > 1]
         best = max(options, default=(1, 0))
         if best[0] <= 1:
             break
         factors[-best[1]] = best[0]
-        rows *= best[0]
-    if rows == 1 and column % spec.lanes == 0:
+        count *= best[0]
+    if rows and count == 1 and column % spec.lanes == 0:
         factors[-1] = spec.lanes * _divisor(column // spec.lanes, 4)
     return factors
 
@@ -243,7 +263,9 @@ class Contraction(_Rule):
         loops = sch.get_loops(main.rv)
         spatial = [(loop, e) for loop, k, e in zip(loops, main.kinds, main.extents, strict=True) if k == "S"]
         reduce_loops = [loop for loop, k in zip(loops, main.kinds, strict=True) if k == "R"]
-        factors = register_tile([e for _, e in spatial], spec)
+        operands = {region.source.name for region in sch.get(main.rv).reads}
+        contraction = len(operands - {region.source.name for region in sch.get(main.rv).writes}) >= 2
+        factors = register_tile([e for _, e in spatial], spec, rows=contraction)
         outer: list[Any] = []
         inner: list[Any] = []
         for (loop, extent), factor in zip(spatial, factors, strict=True):
