@@ -207,7 +207,7 @@ def register_tile(extents: list[int], spec: CPUSpec, *, rows: bool = True) -> li
     """Tile factors for a reduction's spatial loops: the accumulators a tile keeps in registers.
 
     The innermost loop (the output's contiguous axis) gets one vector: `lanes` if it divides the
-    extent, else the largest divisor below (7 of 7, 14 of 56 on AVX-512), or up to four vectors when
+    extent, else its largest divisor up to two vectors (7 of 7 on SSE, 14 of 56 on AVX-512), or four when
     no outer loop can add rows (a matrix-vector product needs independent accumulators to hide FMA
     latency). Then up to two outer loops, the one allowing the most rows first (often the output
     channels, 7×7 feature maps divide badly), share the register budget of `registers - 4` (kept
@@ -218,10 +218,11 @@ def register_tile(extents: list[int], spec: CPUSpec, *, rows: bool = True) -> li
     budget = max(1, spec.registers - 4)
     factors = [1] * len(extents)
     column = extents[-1]
-    factors[-1] = spec.lanes if column % spec.lanes == 0 else _divisor(column, spec.lanes)
+    factors[-1] = spec.lanes if column % spec.lanes == 0 else _divisor(column, 2 * spec.lanes)
+    vectors = -(-factors[-1] // spec.lanes)  # a column of 7 on SSE takes two registers a row
     count = 1
     for _ in range(2 if rows else 0):
-        left = min(16, budget // count)
+        left = min(16, budget // (count * vectors))
         options = [(_divisor(e, left), -i) for i, e in enumerate(extents[:-1]) if factors[i] == 1 and e > 1]
         best = max(options, default=(1, 0))
         if best[0] <= 1:
