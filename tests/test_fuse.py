@@ -878,3 +878,45 @@ def test_batchnorm_folds_in_a_torch_cnn(torch_exports) -> None:
     model, fired = _fuse_and_compare(torch_exports["cnn"], canonicalize=False)
     assert fired == {"conv-batchnorm": 1, "convtranspose-batchnorm": 1}
     assert [n.op_type for n in model.graph] == ["Conv", "Relu", "ConvTranspose"]
+
+
+def test_onnxruntime_ops_fuse_a_bert_layer_into_contrib_ops(tmp_path: Path) -> None:
+    """onnxruntime_ops=true: an HF-BERT-style layer becomes com.microsoft Attention and friends."""
+    torch = pytest.importorskip("torch", reason="torch is the 'torch' extra")
+    nn = torch.nn
+    torch.manual_seed(0)
+
+    class BertLayer(nn.Module):
+        def __init__(self, d: int = 32, heads: int = 4) -> None:
+            super().__init__()
+            self.heads, self.q, self.k, self.v = heads, nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+            self.out, self.norm1, self.norm2 = nn.Linear(d, d), nn.LayerNorm(d), nn.LayerNorm(d)
+            self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def split(self, x):
+            return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+        def forward(self, x):
+            q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+            scores = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+            a = (scores @ v).transpose(1, 2).reshape(x.shape)
+            h = self.norm1(x + self.out(a))
+            return self.norm2(h + self.down(torch.nn.functional.gelu(self.up(h))))
+
+    program = torch.onnx.export(BertLayer().eval(), (torch.randn(2, 8, 32),), dynamo=True, opset_version=18)
+    program.save(str(tmp_path / "bert.onnx"))
+    model = load_model(tmp_path / "bert.onnx").model
+    inputs = oracle.random_inputs(oracle.input_specs(model))
+    expected = oracle.run_onnxruntime(model, inputs)
+    Canonicalize()(model)
+    standard = len(list(model.graph))
+    fuse = Fuse(make_options(Fuse, {"onnxruntime_ops": "true"}))
+    assert fuse(model).modified
+    assert fuse.fired["ort-attention"] == 1 and fuse.fired["ort-skip-layer-normalization"] >= 1, fuse.fired
+    assert {n.domain for n in model.graph} >= {"com.microsoft"}
+    assert len(list(model.graph)) < standard / 2
+    errors = oracle.compare(oracle.run_onnxruntime(model, inputs), expected)
+    assert max(e.max_rel for e in errors) <= oracle.FLOAT_ROUNDING, errors
+    snapshot = ir.to_proto(model).SerializeToString()
+    assert not Fuse(fuse.options)(model).modified
+    assert ir.to_proto(model).SerializeToString() == snapshot

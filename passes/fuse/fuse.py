@@ -15,6 +15,7 @@ from passc.passes.fuse.constants import fold_small_constants
 from passc.passes.fuse.rules import CONSTANTS, IDENTITY, RULE_NAMES, RuleEntry, catalogue
 from passc.passes.fuse.tracing import FuseReport, Match, NearMissTracer, RecordingRule
 
+from passc.errors import PasscError
 from passc.pass_base import PasscPass
 from passc.registry import register_pass
 
@@ -69,6 +70,13 @@ class Fuse(PasscPass):
             default="decomposed",
             metadata={"help": "decomposed, or onnx: the Attention op at opset >= 23 (not TVM)"},
         )
+        onnxruntime_ops: bool = field(
+            default=False,
+            metadata={
+                "help": "also fuse into onnxruntime's com.microsoft ops (Attention, SkipLayerNormalization, "
+                "BiasGelu, …): for models onnxruntime runs (passc optimize); TVM cannot lower them"
+            },
+        )
 
         def __post_init__(self) -> None:
             unknown = [name for name in (*self.rules, *self.exclude) if name not in RULE_NAMES]
@@ -104,6 +112,8 @@ class Fuse(PasscPass):
                 break
         else:
             logger.warning("fuse: still changing after %d rounds", self.options.max_rounds)
+        if self.options.onnxruntime_ops:
+            report.fired.update(_onnxruntime_fusions(model))
         sink = _SINK.get()
         if sink is not None and sink.explain:
             _infer_shapes(model, snapshot)
@@ -215,3 +225,16 @@ def _drop_identities(model: ir.Model, removable: set[ir.Node], originals: set[ir
         graph.remove(node, safe=True)
         dropped += node in originals
     return dropped
+
+
+def _onnxruntime_fusions(model: ir.Model) -> dict[str, int]:
+    """onnxscript's fusions into onnxruntime's contrib ops (`optimize_for_ort`), in place; counts by
+    fusion. They run onnxscript's whole optimizer too (its pattern rewrites included), which the
+    standard path leaves out: this option is for onnxruntime deployments only.
+    """
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    fused, counts = optimize_for_ort(model)
+    if fused is not model:
+        raise PasscError("onnxscript's ort fusions returned a new model instead of rewriting in place")
+    return {f"ort-{name.replace('_', '-')}": n for name, n in counts.items() if n}
