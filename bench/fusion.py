@@ -1,6 +1,7 @@
 """Graph simplifiers side by side: passc optimize, onnxslim and onnxsim on every suite model.
 
-    python bench/fusion.py [NAME ...] [--runs 11] [--threads 1 2] [--no-kernels] [--cache-dir DIR] [--out DIR]
+    python bench/fusion.py [NAME ...] [--runs 11] [--threads 1 2] [--no-kernels] [--onnxruntime-ops]
+        [--cache-dir DIR] [--out DIR]
 
 For each model of bench/models.py's suite, the input shapes are bound to the suite's static
 shapes once, and that same bound model goes to each tool: `passc optimize`'s Python API (its
@@ -23,7 +24,10 @@ Then, per model:
 5. the TVM path: kernels (TIR functions) of the compiled host artifact, `--passes canonicalize`
    against the default pipeline (manifest["kernels"]); --no-kernels skips the builds.
 Where passc has more nodes than the smaller of the other two, the op counts that differ are
-printed, and so are ops outside the standard ONNX domain that a tool emits (passc never does).
+printed, and so are ops outside the standard ONNX domain that a tool emits (passc: only with
+--onnxruntime-ops).
+`--onnxruntime-ops` lets passc fuse into onnxruntime's com.microsoft ops too (as onnxsim does on
+transformers): the comparison for onnxruntime deployments.
 The last lines say whether passc's node count is ≤ min(onnxslim, onnxsim) everywhere (also
 counting only outputs in standard ONNX), whether its latency is within noise of the faster other
 tool (medians differ by less than the larger interquartile range of the two or 3 %, or the
@@ -92,7 +96,9 @@ def _quiet():
         yield
 
 
-def _simplify(bound: Path, work: Path, name: str) -> tuple[dict[str, Path], dict[str, float]]:
+def _simplify(
+    bound: Path, work: Path, name: str, passc_options: dict
+) -> tuple[dict[str, Path], dict[str, float]]:
     """Runs each tool on the bound model; returns its output files and wall times."""
     import onnxsim
     import onnxslim
@@ -100,7 +106,7 @@ def _simplify(bound: Path, work: Path, name: str) -> tuple[dict[str, Path], dict
     outputs, seconds = {}, {}
     out = work / f"{name}.passc.onnx"
     start = time.perf_counter()
-    optimize_model(bound, out)
+    optimize_model(bound, out, pass_options=passc_options)
     seconds["passc"] = time.perf_counter() - start
     outputs["passc"] = out
     for tool in ("onnxslim", "onnxsim"):
@@ -154,13 +160,15 @@ def _kernels(model: BenchModel, bound: Path, work: Path) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-def bench_model(model: BenchModel, work: Path, runs: int, threads: list[int], kernels: bool) -> Row:
+def bench_model(
+    model: BenchModel, work: Path, runs: int, threads: list[int], kernels: bool, passc_options: dict
+) -> Row:
     row = Row(model.name)
     loaded = load_model(model.path).model
     bind_input_shapes(loaded, model.input_shapes)
     bound = work / f"{model.name}.onnx"
     onnx.save(ir.to_proto(loaded), bound)
-    paths, row.tool_s = _simplify(bound, work, model.name)
+    paths, row.tool_s = _simplify(bound, work, model.name, passc_options)
     paths = {"original": bound, **paths}
     for engine, path in paths.items():
         row.ops[engine], row.domains[engine] = _graph_ops(onnx.load(path, load_external_data=False))
@@ -288,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="onnxruntime intra-op threads")
     parser.add_argument("--no-kernels", action="store_true", help="skip the TVM builds (kernel counts)")
     parser.add_argument(
+        "--onnxruntime-ops",
+        action="store_true",
+        help="passc optimize with fuse.onnxruntime_ops=true (com.microsoft ops, as onnxsim emits)",
+    )
+    parser.add_argument(
         "--cache-dir", type=Path, default=Path(platformdirs.user_cache_dir("passc")) / "bench"
     )
     parser.add_argument("--out", type=Path, help="keep the bound and simplified models here")
@@ -302,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     start = time.perf_counter()
     for model in models.values():
-        rows.append(bench_model(model, work, args.runs, args.threads, not args.no_kernels))
+        options = {"fuse": {"onnxruntime_ops": True}} if args.onnxruntime_ops else {}
+        rows.append(bench_model(model, work, args.runs, args.threads, not args.no_kernels, options))
         _print_row(rows[-1], args.threads)
     print()
     _print_gaps(rows)
