@@ -362,7 +362,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="the optimized .onnx file")
-    p.add_argument("--passes", help="comma-separated pass list (default: canonicalize,fuse)")
+    p.add_argument(
+        "--passes", help="comma-separated pass list (default: canonicalize,fuse,fold-linear-blocks)"
+    )
     p.add_argument(
         "--pass-option", action="append", default=[], metavar="PASS.KEY=VALUE", help="set a pass option"
     )
