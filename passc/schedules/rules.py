@@ -16,6 +16,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
+from tvm.tirx.analysis import undefined_vars
 
 # What TVM raises when a schedule primitive or analysis refuses a kernel (ScheduleError is a
 # RuntimeError; FFI checks surface as ValueError, TypeError or IndexError).
@@ -203,27 +204,38 @@ def _inline_injective(sch: s_tir.Schedule, blocks: list[_Block]) -> list[_Block]
     return blocks
 
 
-def register_tile(extents: list[int], spec: CPUSpec, *, rows: bool = True) -> list[int]:
+def register_tile(
+    extents: list[int], spec: CPUSpec, *, rows: bool = True, reuse: list[bool] | None = None
+) -> list[int]:
     """Tile factors for a reduction's spatial loops: the accumulators a tile keeps in registers.
 
     The innermost loop (the output's contiguous axis) gets one vector: `lanes` if it divides the
-    extent, else its largest divisor up to two vectors (7 of 7 on SSE, 14 of 56 on AVX-512), or four when
-    no outer loop can add rows (a matrix-vector product needs independent accumulators to hide FMA
-    latency). Then up to two outer loops, the one allowing the most rows first (often the output
-    channels, 7×7 feature maps divide badly), share the register budget of `registers - 4` (kept
-    for the loaded vector and broadcasts), at most 16 rows per loop. Factors divide their extents,
-    so no tile needs a tail loop. `rows=False` (pooling: nothing to reuse across rows) keeps one
-    vector.
+    extent, else its largest divisor that fills half a vector (14 of 56 on AVX-512) or up to two
+    vectors (7 of 7 on SSE); four vectors when no outer loop can add rows (a matrix-vector product
+    needs independent accumulators to hide FMA latency). Then up to two outer loops, the one
+    allowing the most rows first (often the output channels: 7×7 feature maps divide badly), share
+    the register budget of `registers - 4` (kept for the loaded vector and broadcasts), at most 16
+    rows per loop. Factors divide their extents,
+    so no tile needs a tail loop. Rows only come from loops in `reuse` (some operand does not
+    depend on them, so its load serves every row: a conv's output channels or rows, but not a
+    depthwise conv's channels); `rows=False` (pooling: nothing to reuse) keeps one vector.
     """
+    reuse = reuse or [True] * len(extents)
     budget = max(1, spec.registers - 4)
     factors = [1] * len(extents)
     column = extents[-1]
-    factors[-1] = spec.lanes if column % spec.lanes == 0 else _divisor(column, 2 * spec.lanes)
+    factors[-1] = _divisor(column, spec.lanes)
+    if factors[-1] < spec.lanes // 2:
+        factors[-1] = _divisor(column, 2 * spec.lanes)
     vectors = -(-factors[-1] // spec.lanes)  # a column of 7 on SSE takes two registers a row
     count = 1
     for _ in range(2 if rows else 0):
         left = min(16, budget // (count * vectors))
-        options = [(_divisor(e, left), -i) for i, e in enumerate(extents[:-1]) if factors[i] == 1 and e > 1]
+        options = [
+            (_divisor(e, left), -i)
+            for i, e in enumerate(extents[:-1])
+            if factors[i] == 1 and e > 1 and reuse[i]
+        ]
         best = max(options, default=(1, 0))
         if best[0] <= 1:
             break
@@ -232,6 +244,18 @@ def register_tile(extents: list[int], spec: CPUSpec, *, rows: bool = True) -> li
     if rows and count == 1 and column % spec.lanes == 0:
         factors[-1] = spec.lanes * _divisor(column // spec.lanes, 4)
     return factors
+
+
+def _reuse(sch: s_tir.Schedule, block: Any) -> list[bool]:
+    """Per block iterator: whether some operand the block reads (not its own output) is indexed
+    without it, so that one load of that operand serves every value of the iterator."""
+    stmt = sch.get(block)
+    written = {region.source.name for region in stmt.writes}
+    operands = []
+    for region in stmt.reads:
+        if region.source.name not in written:
+            operands.append([v for r in region.region for v in undefined_vars(r.min)])
+    return [any(not any(v.same_as(it.var) for v in used) for used in operands) for it in stmt.iter_vars]
 
 
 class Contraction(_Rule):
@@ -266,7 +290,7 @@ class Contraction(_Rule):
         reduce_loops = [loop for loop, k in zip(loops, main.kinds, strict=True) if k == "R"]
         operands = {region.source.name for region in sch.get(main.rv).reads}
         contraction = len(operands - {region.source.name for region in sch.get(main.rv).writes}) >= 2
-        factors = register_tile([e for _, e in spatial], spec, rows=contraction)
+        factors = register_tile([e for _, e in spatial], spec, rows=contraction, reuse=_reuse(sch, main.rv))
         outer: list[Any] = []
         inner: list[Any] = []
         for (loop, extent), factor in zip(spatial, factors, strict=True):
@@ -300,8 +324,9 @@ class Contraction(_Rule):
         init_loops = sch.get_loops(init)
         if len(init_loops) > 1 and factors[-1] > 1:
             sch.vectorize(init_loops[-1])
-        sch.annotate(reduce_loops[-1], "pragma_auto_unroll_max_step", 16)
-        sch.annotate(reduce_loops[-1], "pragma_unroll_explicit", 1)
+        # Unrolls the filter taps (3×3 × rows of a tile), not the channel loop around them.
+        sch.annotate(reduce_loops[0], "pragma_auto_unroll_max_step", 128)
+        sch.annotate(reduce_loops[0], "pragma_unroll_explicit", 1)
 
         for block in producers:
             _vectorize_flat(sch, block.rv, spec)
