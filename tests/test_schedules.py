@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch", reason="torch is the 'torch' extra")
 nn = torch.nn
 tvm = pytest.importorskip("tvm")
 
-from passc.schedules import CPUSpec, cpu_spec  # noqa: E402  (imports TVM)
+from passc.schedules import CPUSpec, cpu_spec, register_tile  # noqa: E402  (imports TVM)
 
 TOLERANCE = 1e-4
 
@@ -150,3 +150,26 @@ def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) 
 )
 def test_vector_width_comes_from_the_target(target: dict, spec: CPUSpec) -> None:
     assert cpu_spec(tvm.target.Target(target)) == spec
+
+
+SSE, AVX512 = CPUSpec(lanes=4, registers=16), CPUSpec(lanes=16, registers=32)
+
+
+@pytest.mark.parametrize(
+    ("extents", "spec", "kwargs", "factors"),
+    [
+        # conv 64→64 at 56×56 on AVX-512: 16 output channels × one vector of 14 columns
+        ([1, 64, 56, 56], AVX512, {}, [1, 16, 1, 14]),
+        # 7×7 maps on SSE: the whole row in two vectors; 5 channels (divides 1280) × 2 within 12 registers
+        ([1, 1280, 7, 7], SSE, {}, [1, 5, 1, 7]),
+        # depthwise: channels give no reuse, so rows of the output instead
+        ([1, 64, 56, 56], SSE, {"reuse": [True, False, True, True]}, [1, 1, 8, 4]),
+        # matrix-vector: no rows, so two vectors of columns for independent accumulators
+        ([1, 1000], SSE, {}, [1, 8]),
+        # pooling: one vector, nothing to reuse
+        ([1, 64, 56, 56], SSE, {"rows": False}, [1, 1, 1, 4]),
+    ],
+)
+def test_register_tile(extents: list[int], spec: CPUSpec, kwargs: dict, factors: list[int]) -> None:
+    assert register_tile(extents, spec, **kwargs) == factors
+    assert all(e % f == 0 for e, f in zip(extents, factors, strict=True))

@@ -7,6 +7,22 @@ epilogues fused into the tile, parallel outer loops, vectors of the target's wid
 reductions. Like `passc.lowering`, this package imports TVM; only the lowering imports it.
 """
 
-from passc.schedules.rules import Contraction, CPUSpec, Elementwise, cpu_spec, default_rules, schedule_passes
+from passc.schedules.rules import (
+    Contraction,
+    CPUSpec,
+    Elementwise,
+    cpu_spec,
+    default_rules,
+    register_tile,
+    schedule_passes,
+)
 
-__all__ = ["CPUSpec", "Contraction", "Elementwise", "cpu_spec", "default_rules", "schedule_passes"]
+__all__ = [
+    "CPUSpec",
+    "Contraction",
+    "Elementwise",
+    "cpu_spec",
+    "default_rules",
+    "register_tile",
+    "schedule_passes",
+]

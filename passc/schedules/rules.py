@@ -22,7 +22,15 @@ from tvm.tirx.analysis import undefined_vars
 # RuntimeError; FFI checks surface as ValueError, TypeError or IndexError).
 _REFUSALS = (RuntimeError, ValueError, TypeError, IndexError)
 
-__all__ = ["CPUSpec", "Contraction", "Elementwise", "cpu_spec", "default_rules", "schedule_passes"]
+__all__ = [
+    "CPUSpec",
+    "Contraction",
+    "Elementwise",
+    "cpu_spec",
+    "default_rules",
+    "register_tile",
+    "schedule_passes",
+]
 
 _AVX512 = ("avx512", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake", "sapphirerapids")
 _AVX512 += ("graniterapids", "znver4", "znver5", "x86-64-v4")
