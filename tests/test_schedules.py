@@ -77,6 +77,7 @@ MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
     "attention": (_Attention, (2, 12, 32)),
+    "attention-13": (_Attention, (1, 13, 32)),  # a prime token count: the matmuls get padded
 }
 
 

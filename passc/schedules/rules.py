@@ -266,6 +266,25 @@ def _reuse(sch: s_tir.Schedule, block: Any) -> list[bool]:
     return [any(not any(v.same_as(it.var) for v in used) for used in operands) for it in stmt.iter_vars]
 
 
+def _pad_einsum(sch: s_tir.Schedule, main: _Block, spec: CPUSpec) -> bool:
+    """Pads a matmul's last two spatial extents that divide badly (197 tokens of a ViT) to
+    multiples of the vector and of 8 rows, with padding blocks around it, so the tile needs no
+    tail. Only plain-index (einsum) blocks qualify; a conv's `y + ry` refuses, and is left alone."""
+    spatial = [i for i, k in enumerate(main.kinds) if k == "S"]
+    padding = [1] * len(main.kinds)
+    for axis, unit in zip(spatial[-2:], (8, spec.lanes)[-len(spatial[-2:]) :], strict=True):
+        extent = main.extents[axis]
+        if extent > unit and _divisor(extent, unit) < unit // 2:
+            padding[axis] = unit
+    if padding == [1] * len(main.kinds):
+        return False
+    try:
+        sch.pad_einsum(main.rv, padding)
+    except _REFUSALS:
+        return False
+    return True
+
+
 class Contraction(_Rule):
     """One reduction block (conv2d of any group count, matmul, batch matmul, pooling, mean) with
     injective producers (pads) and consumers (bias, residual add, activations).
@@ -288,6 +307,14 @@ class Contraction(_Rule):
         main = blocks[index]
         if "S" not in main.kinds or main.kinds.index("R") < main.kinds.rindex("S"):
             return None  # spatial loops first, then reductions: the form legalize emits
+        operands = {region.source.name for region in sch.get(main.rv).reads}
+        contraction = len(operands - {region.source.name for region in sch.get(main.rv).writes}) >= 2
+        if contraction and _pad_einsum(sch, main, spec):
+            blocks = _blocks(sch)
+            if blocks is None:
+                return None
+            index = next(i for i, b in enumerate(blocks) if not b.injective)
+            main = blocks[index]
         consumers = _inline_injective(sch, blocks[index + 1 :])
         producers = blocks[:index]
         if len(consumers) > 1:
@@ -296,8 +323,6 @@ class Contraction(_Rule):
         loops = sch.get_loops(main.rv)
         spatial = [(loop, e) for loop, k, e in zip(loops, main.kinds, main.extents, strict=True) if k == "S"]
         reduce_loops = [loop for loop, k in zip(loops, main.kinds, strict=True) if k == "R"]
-        operands = {region.source.name for region in sch.get(main.rv).reads}
-        contraction = len(operands - {region.source.name for region in sch.get(main.rv).writes}) >= 2
         factors = register_tile([e for _, e in spatial], spec, rows=contraction, reuse=_reuse(sch, main.rv))
         outer: list[Any] = []
         inner: list[Any] = []
