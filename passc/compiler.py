@@ -24,7 +24,7 @@ from passc.artifact import (
 from passc.bundle import bundle_files
 from passc.errors import UsageError
 from passc.loading import bind_input_shapes, load_model, require_static_shapes
-from passc.lowering import lower, tvm_versions
+from passc.lowering import lower, resolve_target, tvm_versions
 from passc.pipeline import PassRecord, build_pipeline, run_pipeline
 from passc.registry import load_plugin
 from passc.targets import Target, get_target
@@ -102,7 +102,7 @@ def compile_model(
             "target": {
                 "name": target.name,
                 "arch": target.arch,
-                "tvm": target.tvm,
+                "tvm": resolve_target(target.tvm),
                 "threads": threads or target.threads,  # the runners' default TVM_NUM_THREADS
             },
             "source_sha256": loaded.sha256,

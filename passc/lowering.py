@@ -28,6 +28,7 @@ __all__ = [
     "Lowered",
     "lower",
     "measure_latency",
+    "resolve_target",
     "tvm_versions",
     "HostModule",
     "unsupported_nodes",
@@ -139,6 +140,15 @@ class Lowered:
             raise PasscError(f"linking model.so with {cxx} failed: {err}") from None
 
 
+def resolve_target(tvm_target: dict[str, Any]) -> dict[str, Any]:
+    """The target dict with `"mcpu": "native"` replaced by this machine's CPU (LLVM's name for it)."""
+    if tvm_target.get("mcpu") != "native":
+        return dict(tvm_target)
+    from tvm.target import codegen
+
+    return {**tvm_target, "mcpu": codegen.llvm_get_system_cpu()}
+
+
 def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
     """Imports the (shape-static) model into Relax and compiles it for the TVM target dict."""
     import tvm
@@ -154,7 +164,7 @@ def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
     params = _runtime_params_as_inputs(proto, json.loads(model.metadata_props.get(RUNTIME_PARAMS_KEY, "[]")))
     constant_bytes = sum(ir.from_proto(t).nbytes for t in proto.graph.initializer)
     signature = inputs + [spec for spec, _ in params]
-    target = tvm.target.Target(tvm_target)
+    target = tvm.target.Target(resolve_target(tvm_target))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # from_onnx re-raises onnx.checker complaints as warnings
