@@ -13,8 +13,8 @@ passc outputs' max relative error against onnxruntime. The table gives passc / o
 (below 1 is faster than onnxruntime) and untuned / passc (the schedules' speed-up), with geometric
 means per thread count.
 
-The host target has no mcpu, so LLVM emits baseline x86-64 (SSE2) code; --mcpu (e.g.
-skylake-avx512, haswell) compiles for a wider ISA instead, as a target file with mcpu would.
+The host target compiles for this machine's CPU (mcpu "native"); --mcpu (e.g. haswell for AVX2,
+x86-64 for baseline SSE2) compiles for another ISA instead.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main() -> None:
             ms = result["ms"]
             print(f"  {threads} threads: " + ", ".join(f"{k} {ms[k]:.1f} ms" for k in ENGINES), flush=True)
 
-    mcpu = args.mcpu or "target default"
+    mcpu = args.mcpu or "native"
     print(f"\nhost, mcpu: {mcpu}; median of {args.runs} interleaved runs; ms")
     header = (
         f"{'model':16} {'thr':>3} {'untuned':>9} {'passc':>8} {'ort':>8} {'passc/ort':>9} {'speed-up':>8}"
