@@ -256,6 +256,7 @@ def measure_latency(
             vm.set_input("main", *[tvm.runtime.tensor(a, device=device) for a in arrays])
             timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat, min_repeat_ms=20)
             return float(timer("main").median)
-        except (tvm.error.TVMError, OSError, RuntimeError) as err:
+        except Exception as err:  # TVM raises builtin types (ValueError, RuntimeError, OSError, …)
             where = f"over RPC at {rpc}" if rpc else "on this host"
-            raise PasscError(f"timing the model {where} failed: {str(err).strip().splitlines()[0]}") from None
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PasscError(f"timing the model {where} failed: {first_line}") from None

@@ -164,3 +164,16 @@ def _small_mlp(tmp_path: Path) -> Path:
     path = tmp_path / "small.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
     return path
+
+
+def test_unreachable_rpc_server_is_one_clear_error(tmp_path: Path) -> None:
+    from passc.targets import get_target
+
+    from passc.errors import PasscError
+    from passc.loading import load_model
+    from passc.lowering import measure_latency
+
+    host = get_target("host")
+    model = load_model(_small_mlp(tmp_path)).model
+    with pytest.raises(PasscError, match="timing the model over RPC at 127.0.0.1:9 failed"):
+        measure_latency(model, host.tvm, host.cxx, rpc="127.0.0.1:9")
