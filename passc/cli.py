@@ -47,16 +47,19 @@ def _read_inputs(texts: list[str]) -> dict[str, np.ndarray]:
     return inputs
 
 
-def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
+def _pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The pass pipeline flags that `compile`, `verify` and `optimize` share."""
     return {
         "passes": [p for p in args.passes.split(",") if p] if args.passes is not None else None,
         "pass_options": args.pass_option,
         "pipeline_file": args.pipeline,
         "plugins": args.plugin,
-        "verify_each": args.verify_each,
-        "threads": args.threads,
         "progress": _say(args),
     }
+
+
+def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {**_pipeline_options(args), "verify_each": args.verify_each, "threads": args.threads}
 
 
 def _print_pass_log(records: list[Any]) -> None:
@@ -96,13 +99,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     result = optimize_model(
         Path(args.model),
         Path(args.output),
-        passes=[p for p in args.passes.split(",") if p] if args.passes is not None else None,
-        pass_options=args.pass_option,
-        pipeline_file=args.pipeline,
-        plugins=args.plugin,
         input_shapes=_input_shapes(args),
         explain=args.explain,
-        progress=_say(args),
+        **_pipeline_options(args),
     )
     if not args.quiet:
         _print_pass_log(result.pass_log)
@@ -300,25 +299,29 @@ def _parser() -> argparse.ArgumentParser:
         help="an input (repeatable; default: random)",
     )
 
-    build = argparse.ArgumentParser(add_help=False, parents=[shapes])
-    build.add_argument("--target", required=True, help="target name (see `passc targets`)")
-    build.add_argument("-o", "--output", help="artifact directory (default build/MODEL.TARGET)")
-    build.add_argument("--passes", help="comma-separated pass list, replacing the target's default")
-    build.add_argument(
+    pipeline = argparse.ArgumentParser(add_help=False, parents=[shapes])
+    pipeline.add_argument(
+        "--passes", help="comma-separated pass list, replacing the default (the target's, for builds)"
+    )
+    pipeline.add_argument(
         "--pass-option",
         action="append",
         default=[],
         metavar="PASS.KEY=VALUE",
         help="set a pass option (repeatable)",
     )
-    build.add_argument("--pipeline", type=Path, help="TOML pipeline file (passes and options)")
-    build.add_argument(
+    pipeline.add_argument("--pipeline", type=Path, help="TOML pipeline file (passes and options)")
+    pipeline.add_argument(
         "--plugin",
         action="append",
         default=[],
         metavar="FILE.py|MODULE",
         help="load passes from a Python file or module (repeatable)",
     )
+
+    build = argparse.ArgumentParser(add_help=False, parents=[pipeline])
+    build.add_argument("--target", required=True, help="target name (see `passc targets`)")
+    build.add_argument("-o", "--output", help="artifact directory (default build/MODEL.TARGET)")
     build.add_argument(
         "--verify-each",
         action="store_true",
@@ -358,18 +361,12 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
-        "optimize", parents=[common, shapes], help="run passes on an ONNX model, write ONNX (no TVM)"
+        "optimize",
+        parents=[common, pipeline],
+        help="run passes (default: canonicalize,fuse,fold-linear-blocks) on ONNX, write ONNX (no TVM)",
     )
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="the optimized .onnx file")
-    p.add_argument(
-        "--passes", help="comma-separated pass list (default: canonicalize,fuse,fold-linear-blocks)"
-    )
-    p.add_argument(
-        "--pass-option", action="append", default=[], metavar="PASS.KEY=VALUE", help="set a pass option"
-    )
-    p.add_argument("--pipeline", type=Path, help="TOML pipeline file (passes and options)")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE", help="load passes")
     p.add_argument(
         "--explain", action="store_true", help="say where each fuse rule fired and why near misses did not"
     )
