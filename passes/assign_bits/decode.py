@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 from passc.passes.assign_bits.layers import Layer
 from passc.passes.assign_bits.quantize import Scheme, container_bits, pack, quantize
+from passc.passes.fuse._common import unused_initializer_name
 
 __all__ = ["MIN_OPSET", "realise"]
 
@@ -40,15 +41,8 @@ class _Emitter:
         self.nodes: list[ir.Node] = []
         self.params: list[str] = []
 
-    def _name(self, suffix: str) -> str:
-        name, n = f"{self.base}_{suffix}", 0
-        while name in self.graph.initializers:
-            n += 1
-            name = f"{self.base}_{suffix}_{n}"
-        return name
-
     def initializer(self, suffix: str, array: np.ndarray) -> ir.Value:
-        name = self._name(suffix)
+        name = unused_initializer_name(self.graph, f"{self.base}_{suffix}")
         value = ir.Value(
             name=name,
             shape=ir.Shape(array.shape),

@@ -19,6 +19,7 @@ __all__ = [
     "same_dim",
     "axes_of",
     "fresh_initializer",
+    "unused_initializer_name",
     "either",
     "fail",
     "describe",
@@ -97,12 +98,18 @@ def fresh_initializer(op, graph: ir.Graph | ir.Function, array: np.ndarray, base
     """A new initializer named `base` (or `base_1`, …: never one the graph already has).
 
     (In a function, which has no initializers, the rewriter drops the rewrite that asks for one.)"""
+    name = unused_initializer_name(graph, base)
+    return op.initializer(ir.tensor(array, name=name), name=name)
+
+
+def unused_initializer_name(graph: ir.Graph | ir.Function, base: str) -> str:
+    """`base`, or `base_1`, `base_2`, …: the first name the graph has no initializer called."""
     taken = getattr(graph, "initializers", {})
     name, i = base, 0
     while name in taken:
         i += 1
         name = f"{base}_{i}"
-    return op.initializer(ir.tensor(array, name=name), name=name)
+    return name
 
 
 def either(make, a, b):
