@@ -1,14 +1,30 @@
-"""Directories that appear whole or not at all: filled in a temporary sibling, then renamed."""
+"""Files and directories that appear whole or not at all: written as a temporary sibling, then renamed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["build_directory"]
+__all__ = ["atomic_file", "build_directory"]
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[Path]:
+    """A temporary path beside `final` (same suffix) to write; renamed onto `final` when the block
+    succeeds, removed when it fails."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(suffix=final.suffix, prefix=f".{final.stem}.tmp-", dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def build_directory(final: Path, fill: Callable[[Path], None], *, replace: bool) -> Path:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from passc.passes.assign_bits.layers import find_layers
 from passc.passes.assign_bits.quantize import Scheme
 from passc.targets import Target
 
+from passc.atomic import atomic_file
 from passc.errors import UsageError
 from passc.pass_base import RUNTIME_PARAMS_KEY
 
@@ -113,8 +112,5 @@ class MeasuredLatency:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data))

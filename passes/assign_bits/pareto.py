@@ -8,14 +8,13 @@ ILP minimises (per-layer distortions, assumed additive).
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from passc.passes.assign_bits.baselines import greedy, uniform
 from passc.passes.assign_bits.ilp import Problem, Solution, smallest_budget, solve
 
+from passc.atomic import atomic_file
 from passc.errors import UsageError
 
 __all__ = ["Frontier", "Point", "frontier", "plot"]
@@ -80,13 +79,9 @@ def plot(front: Frontier, path: Path, chosen: tuple[float, float] | None = None,
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
