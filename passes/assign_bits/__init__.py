@@ -207,8 +207,8 @@ class AssignBits(PasscPass):
                     raise UsageError(f"assign-bits: layer {layer.name!r}: {err}") from None
         return [layer for layer in layers if layer.name not in keep]
 
-    def build_problem(self, model: ir.Model, layers: list[Layer], distortion: np.ndarray | None) -> Problem:
-        """The ILP's tables for `layers` (distortions zero until measured)."""
+    def build_problem(self, model: ir.Model, layers: list[Layer]) -> Problem:
+        """The ILP's cost tables and budgets for `layers`; distortions are zero until measured."""
         o = self.options
         widths = tuple(sorted(o.widths))
         index = {layer.name: i for i, layer in enumerate(layers)}
@@ -221,10 +221,8 @@ class AssignBits(PasscPass):
             scale = elements if kind == "avg-bits" else 1
             limits[kind] = budget.value * scale
             shows[kind] = lambda v, kind=kind, scale=scale: show(kind, v / scale)
-        if distortion is None:
-            distortion = np.zeros((len(layers), len(widths)))
         names = tuple(layer.name for layer in layers)
-        return Problem(names, widths, distortion, costs, limits, ties, shows)
+        return Problem(names, widths, np.zeros((len(layers), len(widths))), costs, limits, ties, shows)
 
     def _choose(self, problem: Problem) -> Solution:
         """The assignment by the `method` option: the ILP, or a baseline for comparison."""
@@ -264,14 +262,15 @@ class AssignBits(PasscPass):
             target = get_target(o.latency_target)
             cache = cache_dir() / "latency"
             self.latency_table = MeasuredLatency(target, o.scheme, o.rpc, o.latency_repeat, cache)
-        check_feasible(self.build_problem(model, assigned, None))  # before the costly measurements
+        costs = self.build_problem(model, assigned)
+        check_feasible(costs)  # before the costly measurements
         specs = oracle.input_specs(model)
         if not all(isinstance(d, int) for _, shape, _ in specs for d in shape):
             raise UsageError("assign-bits: input shapes must be static (bind them) to calibrate")
         batches = self.calibration or load_calibration(o.calibration, specs, o.samples)
         probe = Probe(model, assigned, batches)
         table = probe.sensitivities(assigned, sorted(o.widths), o.scheme, o.metric)
-        self.problem = self.build_problem(model, assigned, table)
+        self.problem = dataclasses.replace(costs, distortion=table)
         self.solution = s = self._choose(self.problem)
         if o.pareto_plot:
             self._plot(model, assigned, Path(o.pareto_plot))
