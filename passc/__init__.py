@@ -26,6 +26,7 @@ __all__ = [
     "compile",
     "load",
     "register_pass",
+    "tune",
 ]
 
 
@@ -40,7 +41,7 @@ def compile(  # noqa: A001 - the name users expect, like tvm.compile
     `model` is an .onnx path, an onnx/onnx_ir model or a torch module (then pass
     `example_inputs=(x, ...)`). `output` defaults to `build/<model name>.<target>`. Keyword options
     are those of `passc compile`: input_shapes, passes, pass_options, pipeline_file, plugins,
-    verify_each, bundle, depfile, threads, progress.
+    verify_each, bundle, depfile, threads, records, progress.
     """
     from passc.compiler import compile_model
 
@@ -48,6 +49,17 @@ def compile(  # noqa: A001 - the name users expect, like tvm.compile
         stem = Path(model).stem if isinstance(model, str | Path) else type(model).__name__.lower()
         output = Path("build") / f"{stem}.{target}"
     return compile_model(model, target, output, **options).artifact
+
+
+def tune(model: Any, target: str = "host", *, trials: int = 500, **options: Any) -> Any:
+    """Tunes a model's kernels for a target with MetaSchedule; `passc.compile` then applies the
+    records. Keyword options are those of `passc tune`: records, rpc, tracker, key, threads,
+    timeout_s, input_shapes, passes, pass_options, pipeline_file, plugins, progress. Returns a
+    `passc.metaschedule.TuneReport`.
+    """
+    from passc.tuner import tune_model
+
+    return tune_model(model, target, trials=trials, **options)
 
 
 def load(path: str | Path) -> Artifact:

@@ -1,4 +1,4 @@
-"""The `passc` command line: compile, verify, optimize, run, inspect, passes, targets."""
+"""The `passc` command line: compile, verify, tune, optimize, run, inspect, passes, targets."""
 
 from __future__ import annotations
 
@@ -59,7 +59,13 @@ def _pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {**_pipeline_options(args), "verify_each": args.verify_each, "threads": args.threads}
+    records = [] if args.no_records else (args.records or None)
+    return {
+        **_pipeline_options(args),
+        "verify_each": args.verify_each,
+        "threads": args.threads,
+        "records": records,
+    }
 
 
 def _print_pass_log(records: list[Any]) -> None:
@@ -147,6 +153,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  {e.name}: max abs err {e.max_abs:.3g}, max rel err {e.max_rel:.3g}  {verdict}")
     print("verified" if report.passed else "NOT verified: outside tolerance")
     return 0 if report.passed else 1
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from passc.tuner import tune_model
+
+    report = tune_model(
+        Path(args.model),
+        args.target,
+        trials=args.trials,
+        records=args.records,
+        rpc=args.rpc,
+        tracker=args.tracker,
+        key=args.key,
+        threads=args.threads,
+        timeout_s=args.timeout,
+        input_shapes=_input_shapes(args),
+        **_pipeline_options(args),
+    )
+    kernels = sorted(report.kernels, key=lambda k: -(k.weight * (k.default_us or 0.0)))
+    print(f"{'kernel':<40} {'calls':>5} {'default us':>11} {'tuned us':>10} {'speed-up':>8} {'trials':>6}")
+    for k in kernels:
+        default = f"{k.default_us:.1f}" if k.default_us is not None else "-"
+        best = f"{k.best_us:.1f}" if k.best_us is not None else "-"
+        speedup = f"{k.speedup:.2f}x" if k.speedup is not None else "-"
+        print(f"{k.name[:40]:<40} {k.weight:>5} {default:>11} {best:>10} {speedup:>8} {k.trials:>6}")
+    default, best = report.total("default_us"), report.total("best_us")
+    summary = f"summed kernel latency {default / 1e3:.3f} ms -> {best / 1e3:.3f} ms"
+    print(f"{report.trials} trials in {report.seconds:.0f} s; {summary}")
+    print(f"records: {report.records} (passc compile applies them)")
+    return 0
 
 
 def _file_name(name: str) -> str:
@@ -334,6 +370,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the artifact's default thread count (default: the target's; TVM_NUM_THREADS overrides)",
     )
 
+    records = build.add_mutually_exclusive_group()
+    records.add_argument(
+        "--records",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="apply the tuning records in DIR (repeatable) instead of the target's cache",
+    )
+    records.add_argument("--no-records", action="store_true", help="apply no tuning records")
+
     parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[global_flags(False)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -359,6 +405,24 @@ def _parser() -> argparse.ArgumentParser:
         help="largest allowed max-abs error relative to the output's range (default 1e-4)",
     )
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "tune",
+        parents=[common, pipeline],
+        help="search faster kernel schedules (MetaSchedule), locally or over RPC; compile applies them",
+    )
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("--target", required=True, help="target name (see `passc targets`)")
+    p.add_argument("--trials", type=int, default=500, help="candidates measured in all (default 500)")
+    p.add_argument(
+        "--records", type=Path, metavar="DIR", help="record database (default: the target's cache)"
+    )
+    p.add_argument("--rpc", metavar="HOST:PORT", help="measure on this TVM RPC server (a board)")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices from this TVM RPC tracker")
+    p.add_argument("--key", help="the device key for --tracker")
+    p.add_argument("--threads", type=int, metavar="N", help="threads per run (default: the target's)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per build and run (default 60)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser(
         "optimize",

@@ -1,18 +1,22 @@
-"""Lowering to Apache TVM: the one module of passc that imports TVM.
+"""Lowering to Apache TVM: passc's TVM layer.
 
 onnx_ir model → ONNX proto → Relax (`relax.frontend.onnx.from_onnx`) → the target's Relax pipeline
-(TVM's `cpu_generic` phases: dispatch, legalize, [schedules], dataflow lowering, finalize) →
+(TVM's `cpu_generic` phases: dispatch, legalize, schedules, dataflow lowering, finalize) →
 `tvm.compile` → a shared library exported with the target's C++ toolchain. Running a host
-artifact through TVM's Python runtime lives here too, so a TVM upgrade is this file's work.
+artifact through TVM's Python runtime lives here too. Only this module and the two packages it
+drives import TVM: `passc.schedules` (default schedules) and `passc.tuning` (MetaSchedule), so a
+TVM upgrade is this layer's work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,10 @@ from passc.pass_base import RUNTIME_PARAMS_KEY
 
 __all__ = [
     "TensorSpec",
+    "Imported",
     "Lowered",
+    "import_model",
+    "legalized_kernels",
     "lower",
     "measure_latency",
     "resolve_target",
@@ -66,34 +73,53 @@ def unsupported_nodes(model: ir.Model) -> list[ir.Node]:
 SCHEDULES_ENV = "PASSC_SCHEDULES"
 
 
-def _relax_pipeline(tvm_target: Any) -> Any:
-    """The Relax phases for a CPU target; schedules and tuning records slot in after legalize.
+def _schedules_enabled() -> bool:
+    """PASSC_SCHEDULES=0 leaves TVM's naive loops (no default schedules, no tuning records)."""
+    return os.environ.get(SCHEDULES_ENV, "1") != "0"
 
-    After legalize every kernel gets passc's default schedule (`passc.schedules`); setting the
-    environment variable PASSC_SCHEDULES=0 leaves TVM's naive loops, which benchmarks compare with.
-    """
+
+def _legalize(mod: Any, target: Any) -> Any:
+    """The Relax phases up to the fused, legalized PrimFuncs (TVM's `cpu_generic` dispatch and
+    legalize). Tuning extracts its tasks here, so records match what compile schedules."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    schedule_passes: list[Any] = []
-    if os.environ.get(SCHEDULES_ENV, "1") != "0":  # PASSC_SCHEDULES=0: TVM's untuned loops, to compare
-        from passc.schedules import schedule_passes as default_schedules
+    with target:
+        phases = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+        return tvm.transform.Sequential(phases)(mod)
 
-        schedule_passes = default_schedules(tvm_target)
-    phases = (
-        cpu_generic.library_dispatch_passes(tvm_target)
-        + cpu_generic.legalize_passes(tvm_target)
-        + schedule_passes
-        + cpu_generic.dataflow_lower_passes(tvm_target)
-        + cpu_generic.finalize_passes(tvm_target)
-    )
 
-    @tvm.transform.module_pass(opt_level=0)
-    def pipeline(mod: Any, _ctx: Any) -> Any:
-        with tvm_target:
-            return tvm.transform.Sequential(phases)(mod)
+def _schedule_and_finalize(mod: Any, target: Any, records: list[Path]) -> tuple[Any, int]:
+    """Schedules every kernel, then runs the rest of the Relax pipeline; returns the module and
+    how many kernels took a schedule from the tuning records in `records`.
 
-    return pipeline
+    Kernels with a matching tuning record get its best schedule (`MetaScheduleApplyDatabase`);
+    every other kernel gets passc's default schedule (`passc.schedules`).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    tuned = 0
+    with target:
+        if _schedules_enabled():
+            from passc.metaschedule import open_records
+            from passc.schedules import schedule_passes
+
+            database = open_records(records)
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+                tuned = sum(1 for _, f in mod.functions.items() if _is_scheduled(f))
+            mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+        phases = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
+        return tvm.transform.Sequential(phases)(mod), tuned
+
+
+def _is_scheduled(func: Any) -> bool:
+    import tvm
+
+    return isinstance(func, tvm.tirx.PrimFunc) and bool(func.attrs and func.attrs.get("tirx.is_scheduled"))
 
 
 def _signature_of(func: Any, output_names: list[str]) -> list[TensorSpec]:
@@ -127,6 +153,7 @@ class Lowered:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     kernels: int  # TIR functions (fused kernels) in the compiled module
+    tuned_kernels: int  # of those, how many took their schedule from tuning records
     params: list[tuple[TensorSpec, np.ndarray]]  # runtime parameters, passed after the inputs
     constant_bytes: int  # bytes of the initializers handed to TVM as constants (into model.so)
 
@@ -149,8 +176,20 @@ def resolve_target(tvm_target: dict[str, Any]) -> dict[str, Any]:
     return {**tvm_target, "mcpu": codegen.llvm_get_system_cpu()}
 
 
-def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
-    """Imports the (shape-static) model into Relax and compiles it for the TVM target dict."""
+@dataclass
+class Imported:
+    """A model imported into Relax, before any TVM pass, with its signature."""
+
+    mod: Any  # tvm.IRModule
+    target: Any  # tvm.target.Target
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    params: list[tuple[TensorSpec, np.ndarray]]
+    constant_bytes: int
+
+
+def import_model(model: ir.Model, tvm_target: dict[str, Any]) -> Imported:
+    """Imports the (shape-static) model into Relax for the TVM target dict."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -165,7 +204,7 @@ def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
     constant_bytes = sum(ir.from_proto(t).nbytes for t in proto.graph.initializer)
     signature = inputs + [spec for spec, _ in params]
     target = tvm.target.Target(resolve_target(tvm_target))
-    try:
+    with _tvm_errors():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # from_onnx re-raises onnx.checker complaints as warnings
             mod = from_onnx(
@@ -175,15 +214,49 @@ def lower(model: ir.Model, tvm_target: dict[str, Any]) -> Lowered:
                 keep_params_in_input=False,
             )
         outputs = _signature_of(mod["main"], [v.name for v in model.graph.outputs])
-        mod = _relax_pipeline(target)(mod)
+    return Imported(mod, target, inputs, outputs, params, constant_bytes)
+
+
+def legalized_kernels(model: ir.Model, tvm_target: dict[str, Any]) -> tuple[Any, Any]:
+    """The model's Relax module after legalization and fusion, and its TVM target: what tuning
+    extracts its tasks from."""
+    imported = import_model(model, tvm_target)
+    with _tvm_errors():
+        return _legalize(imported.mod, imported.target), imported.target
+
+
+def lower(model: ir.Model, tvm_target: dict[str, Any], records: list[Path] | None = None) -> Lowered:
+    """Compiles the (shape-static) model for the TVM target dict, applying the tuning records in
+    the database directories `records` where they match a kernel."""
+    import tvm
+
+    imported = import_model(model, tvm_target)
+    with _tvm_errors():
+        mod = _legalize(imported.mod, imported.target)
+        mod, tuned = _schedule_and_finalize(mod, imported.target, list(records or []))
         kernels = sum(1 for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
-        executable = tvm.compile(mod, target=target, relax_pipeline=None)
+        executable = tvm.compile(mod, target=imported.target, relax_pipeline=None)
+    return Lowered(
+        executable,
+        imported.inputs,
+        imported.outputs,
+        kernels,
+        tuned,
+        imported.params,
+        imported.constant_bytes,
+    )
+
+
+@contextlib.contextmanager
+def _tvm_errors() -> Iterator[None]:
+    """Turns what TVM raises (builtin exception types) into a PasscError with its first line."""
+    try:
+        yield
     except PasscError:
         raise
     except Exception as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PasscError(f"TVM failed to compile the model: {first_line}") from err
-    return Lowered(executable, inputs, outputs, kernels, params, constant_bytes)
 
 
 def _runtime_params_as_inputs(proto: Any, names: list[str]) -> list[tuple[TensorSpec, np.ndarray]]:

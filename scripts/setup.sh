@@ -21,8 +21,8 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if [ "${1:-}" = "--dev" ]; then
-    echo "setup: installing passc with torch, the test tools and the benchmark tools into .venv (pip)" >&2
-    "${pip[@]}" -e ".[dev,torch,bench]" -e examples/custom_pass
+    echo "setup: installing passc with torch, tuning, the test and the benchmark tools into .venv (pip)" >&2
+    "${pip[@]}" -e ".[dev,torch,bench,tune]" -e examples/custom_pass
     # A real pretrained model for the slow tests: PaddleOCR's classifier ships inside this wheel.
     "${pip[@]}" --no-deps rapidocr-onnxruntime==1.4.4
 else

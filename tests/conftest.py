@@ -143,3 +143,15 @@ def torch_models(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
         input_name = program.model.graph.inputs[0].name
         models[name] = (path, {input_name: (1, *example.shape[1:])})
     return models
+
+
+@pytest.fixture
+def rpc_server():
+    """A TVM RPC server on 127.0.0.1, as a board would run one; yields its "HOST:PORT"."""
+    import tvm.rpc
+
+    server = tvm.rpc.Server(host="127.0.0.1", port=9190, port_end=9290, silent=True)
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        server.terminate()

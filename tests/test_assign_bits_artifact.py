@@ -127,25 +127,19 @@ def test_latency_budget_is_measured_per_layer_on_the_host(mlp: Path, tmp_path: P
     assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == len(timings)
 
 
-def test_latency_is_measured_through_tvm_rpc(tmp_path: Path, monkeypatch) -> None:
+def test_latency_is_measured_through_tvm_rpc(tmp_path: Path, monkeypatch, rpc_server: str) -> None:
     """OHQ's on-chip costs: layers timed by a TVM RPC server (here on 127.0.0.1, as a board would)."""
     import onnx_ir as ir
-    import tvm.rpc
     from passc.passes.assign_bits import AssignBits
 
     from passc.pass_base import make_options
 
     monkeypatch.setenv("PASSC_CACHE_DIR", str(tmp_path / "cache"))
-    server = tvm.rpc.Server(host="127.0.0.1", port=9190, port_end=9290, silent=True)
-    try:
-        rpc = f"127.0.0.1:{server.port}"
-        options = {"widths": "4,8", "budget": "latency=1s", "rpc": rpc, "keep_first": "false"}
-        model = ir.load(_small_mlp(tmp_path))
-        assigner = AssignBits(make_options(AssignBits, options))
-        assert assigner(model).modified
-        assert assigner.solution.totals["latency"] > 0
-    finally:
-        server.proc._proc.kill()  # Server.terminate() needs psutil
+    options = {"widths": "4,8", "budget": "latency=1s", "rpc": rpc_server, "keep_first": "false"}
+    model = ir.load(_small_mlp(tmp_path))
+    assigner = AssignBits(make_options(AssignBits, options))
+    assert assigner(model).modified
+    assert assigner.solution.totals["latency"] > 0
 
 
 def _small_mlp(tmp_path: Path) -> Path:

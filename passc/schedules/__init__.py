@@ -13,6 +13,7 @@ from passc.schedules.rules import (
     Elementwise,
     cpu_spec,
     default_rules,
+    default_schedule,
     register_tile,
     schedule_passes,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "Elementwise",
     "cpu_spec",
     "default_rules",
+    "default_schedule",
     "register_tile",
     "schedule_passes",
 ]

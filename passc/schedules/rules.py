@@ -28,6 +28,7 @@ __all__ = [
     "Elementwise",
     "cpu_spec",
     "default_rules",
+    "default_schedule",
     "register_tile",
     "schedule_passes",
 ]
@@ -384,6 +385,15 @@ class _Guarded(_Rule):
             return self.rule.apply(func, target, tunable)
         except _REFUSALS:
             return None
+
+
+def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+    """The first default rule's schedule of `func` for `target`, or None when no rule applies."""
+    for rule in default_rules():
+        schedule = rule.apply(func, target, False)
+        if schedule is not None:
+            return schedule[0] if isinstance(schedule, list) else schedule
+    return None
 
 
 def schedule_passes(target: Target) -> list[Any]:

@@ -1,0 +1,396 @@
+"""Tuning with TVM's MetaSchedule, and the records database `passc compile` applies.
+
+Part of the TVM layer, with `passc.lowering` and `passc.schedules`: the only modules that import TVM.
+
+Tasks are the model's fused, legalized kernels, produced by exactly the preprocessing `passc
+compile` runs, so a record matches its kernel by structural hash in a later compile. Before
+searching, each task's default schedule (`passc.schedules`) is measured and committed as a record.
+That seeds the evolutionary search (its initial population comes from the database's best
+records) and makes the database's fastest record, which compile applies, never slower than the
+default schedule as measured.
+
+Records are a MetaSchedule JSON database (two JSON-lines files) in one directory per target. Each
+measured batch is appended as it completes, so an interrupted run keeps what it measured.
+Candidates are measured on this machine (`LocalRunner`) or on a board over TVM RPC: a server
+directly (`rpc="HOST:PORT"`) or a tracker and device key, TVM's device farm (`tracker`, `key`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.util
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from passc.errors import PasscError, UsageError
+
+__all__ = [
+    "KernelResult",
+    "TuneReport",
+    "open_records",
+    "parse_address",
+    "require_tuning_packages",
+    "tune_kernels",
+]
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+
+# Candidates a batch builds and measures per task: MetaSchedule's default, down to MIN_BATCH
+# when the budget is small, so that every chosen kernel gets a first batch.
+BATCH = 64
+MIN_BATCH = 8
+# Tuning spends its trials on the slowest kernels (by weight × default latency) that together take
+# this share of the model's summed kernel time; the rest keep their default schedule.
+COVERAGE = 0.95
+# The evolutionary search's population per batch: MetaSchedule's default is 512, sized for budgets
+# of thousands of trials; half of that halves the search time between batches on a small machine.
+POPULATION = 256
+
+
+@dataclass
+class KernelResult:
+    """One tuning task: a fused kernel, how often the model calls it, and its latencies in µs."""
+
+    name: str
+    weight: int
+    default_us: float | None  # passc's default schedule, as measured (None: no rule applies)
+    best_us: float | None = None  # the fastest record after tuning
+    trials: int = 0
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_us is None or self.best_us is None:
+            return None
+        return self.default_us / self.best_us
+
+
+@dataclass
+class TuneReport:
+    """What a tuning run measured; latencies are sums of weight × kernel latency, in µs."""
+
+    records: Path
+    trials: int
+    seconds: float
+    kernels: list[KernelResult] = field(default_factory=list)
+
+    def total(self, which: str) -> float:
+        """Σ weight × latency over kernels measured both ways (`which`: "default_us" or "best_us")."""
+        both = [k for k in self.kernels if k.default_us is not None and k.best_us is not None]
+        return sum(k.weight * getattr(k, which) for k in both)
+
+
+def parse_address(text: str, flag: str) -> tuple[str, int]:
+    """ "HOST:PORT" → (host, port), or a UsageError naming the flag."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"{flag} must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def open_records(directories: list[Path]) -> Any | None:
+    """The tuning records in `directories` as one MetaSchedule database (the fastest record of
+    a kernel wins across them), or None when none of them holds records."""
+    from tvm.s_tir import meta_schedule as ms
+
+    present = [d for d in directories if (d / WORKLOADS).is_file() and (d / RECORDS).is_file()]
+    if not present:
+        return None
+    _import_cpu_tensor_intrinsics()  # records may tensorize with them
+    databases = [ms.database.JSONDatabase(work_dir=str(d), allow_missing=False) for d in present]
+    return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+
+
+def tune_kernels(
+    mod: Any,
+    target: Any,
+    *,
+    trials: int,
+    records: Path,
+    cxx: str,
+    threads: int,
+    rpc: str | None = None,
+    tracker: str | None = None,
+    key: str | None = None,
+    timeout_s: float = 60.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> TuneReport:
+    """Tunes the legalized Relax module `mod`'s kernels for `target` with a budget of `trials`
+    measured candidates in all, appending records to the database directory `records`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}")
+    start = time.perf_counter()
+    records.mkdir(parents=True, exist_ok=True)
+    tune_target = _with_cores(target, threads)
+    tasks = ms.relax_integration.extract_tasks(mod, tune_target)
+    if not tasks:
+        raise PasscError("the model has no kernels to tune")
+    database = ms.database.JSONDatabase(work_dir=str(records))
+    _import_cpu_tensor_intrinsics()
+    with _runner_environment(threads), _quiet_metaschedule():
+        builder = ms.builder.LocalBuilder(
+            timeout_sec=timeout_s, f_build=_build, f_export=functools.partial(_export, cxx)
+        )
+        runner = _runner(rpc, tracker, key, timeout_s)
+        progress(f"measuring the default schedules of {len(tasks)} kernels")
+        kernels = _measure_defaults(tasks, tune_target, database, builder, runner)
+        chosen = _heaviest(kernels, COVERAGE)
+        progress(
+            f"tuning the {len(chosen)} kernels that take {COVERAGE:.0%} of the time with default schedules"
+        )
+        watcher = _Progress(kernels, chosen, trials, progress)
+        with tempfile.TemporaryDirectory(prefix="passc-tune-") as work_dir:
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [tasks[i] for i in chosen],
+                work_dir,
+                strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
+                num_threads=threads,
+            )
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=work_dir,
+                max_trials_global=trials,
+                num_trials_per_iter=max(MIN_BATCH, min(BATCH, trials // len(chosen))),
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model="xgb",
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), watcher.callback],
+            )
+    for kernel, task in zip(kernels, tasks, strict=True):
+        best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+        kernel.best_us = _mean_us(best[0].run_secs) if best else None
+    return TuneReport(records, watcher.trials, time.perf_counter() - start, kernels)
+
+
+def _measure_defaults(
+    tasks: list[Any], target: Any, database: Any, builder: Any, runner: Any
+) -> list[KernelResult]:
+    """Builds and times each task's default schedule in one batch and commits it as a record."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from passc.schedules import default_schedule
+
+    kernels = [KernelResult(task.task_name, int(task.weight), None) for task in tasks]
+    scheduled = []
+    for kernel, task in zip(kernels, tasks, strict=True):
+        with target:
+            schedule = default_schedule(task.dispatched[0]["main"], target)
+        if schedule is not None:
+            scheduled.append((kernel, task, schedule))
+    built = builder.build([ms.builder.BuilderInput(s.mod, target) for _, _, s in scheduled])
+    inputs, measured = [], []
+    for (kernel, task, schedule), result in zip(scheduled, built, strict=True):
+        if result.error_msg is None:
+            args = ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
+            measured.append((kernel, task, schedule, args))
+    for (kernel, task, schedule, args), future in zip(measured, runner.run(inputs), strict=True):
+        result = future.result()
+        if result.error_msg is not None or not result.run_secs:
+            continue
+        kernel.default_us = _mean_us(result.run_secs)
+        workload = database.commit_workload(task.dispatched[0])
+        database.commit_tuning_record(
+            ms.database.TuningRecord(schedule.trace, workload, result.run_secs, target, args)
+        )
+    return kernels
+
+
+def require_tuning_packages() -> None:
+    """A PasscError naming what to install when the `tune` extra's packages are missing."""
+    missing = [
+        name for name in ("xgboost", "cloudpickle", "psutil") if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise PasscError(f"tuning needs {', '.join(missing)}: pip install 'passc[tune]'")
+
+
+def _heaviest(kernels: list[KernelResult], coverage: float) -> list[int]:
+    """Indices of the slowest kernels, slowest first, that take `coverage` of the summed time.
+    Kernels without a default schedule (unmeasured, so likely slow loops) come first."""
+    order = sorted(
+        range(len(kernels)), key=lambda i: -kernels[i].weight * (kernels[i].default_us or math.inf)
+    )
+    total = sum(k.weight * k.default_us for k in kernels if k.default_us is not None)
+    chosen, covered = [], 0.0
+    for i in order:
+        chosen.append(i)
+        if kernels[i].default_us is not None:
+            covered += kernels[i].weight * kernels[i].default_us
+            if covered >= coverage * total:
+                break
+    return chosen
+
+
+def _import_cpu_tensor_intrinsics() -> None:
+    """Registers the CPU tensor intrinsics (x86, Arm) that tuning and record replay may use.
+
+    MetaSchedule's TuneContext imports `tvm.s_tir.tensor_intrin`, whose `__init__` registers every
+    intrinsic TVM has, CUDA's and ROCm's too: 27 s or more per process. Putting the package in
+    `sys.modules` unexecuted, then importing only the CPU submodules, takes about 1.5 s.
+    """
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+    importlib.import_module(f"{name}.x86")
+    importlib.import_module(f"{name}.arm_cpu")
+
+
+def _mean_us(run_secs: Any) -> float:
+    values = [float(s) for s in run_secs]
+    return sum(values) / len(values) * 1e6
+
+
+class _Progress:
+    """Counts measured trials and reports the model's best summed kernel latency after each batch."""
+
+    def __init__(
+        self, kernels: list[KernelResult], tuned: list[int], budget: int, progress: Callable[[str], None]
+    ) -> None:
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+        self.kernels, self.tuned, self.budget, self.progress, self.trials = (
+            kernels,
+            tuned,
+            budget,
+            progress,
+            0,
+        )
+        self.best = {i: k.default_us for i, k in enumerate(kernels)}
+        self.started = time.perf_counter()
+        watcher = self
+
+        @derived_object
+        class Callback(PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, candidates, builder_results, runner_results) -> None:
+                watcher.measured(int(task_id), runner_results)
+
+        self.callback = Callback()
+
+    def measured(self, task_id: int, runner_results: list[Any]) -> None:
+        """Called after each batch for the `task_id`-th tuned kernel."""
+        task_id = self.tuned[task_id]
+        self.trials += len(runner_results)
+        self.kernels[task_id].trials += len(runner_results)
+        for result in runner_results:
+            if result.error_msg is None and result.run_secs:
+                us = _mean_us(result.run_secs)
+                current = self.best[task_id]
+                self.best[task_id] = us if current is None else min(current, us)
+        known = [i for i, k in enumerate(self.kernels) if k.default_us is not None]
+        default = sum(self.kernels[i].weight * self.kernels[i].default_us for i in known)
+        best = sum(self.kernels[i].weight * self.best[i] for i in known)
+        elapsed = time.perf_counter() - self.started
+        self.progress(
+            f"tuning: {self.trials}/{self.budget} trials, {elapsed:.0f} s; summed kernel latency "
+            f"{default / 1e3:.3f} ms with default schedules, {best / 1e3:.3f} ms best so far"
+        )
+
+
+def _with_cores(target: Any, threads: int) -> Any:
+    """The target with the core count MetaSchedule's search needs ("num-cores")."""
+    import tvm
+
+    return tvm.target.Target({**dict(target.export()), "num-cores": threads})
+
+
+def _runner(rpc: str | None, tracker: str | None, key: str | None, timeout_s: float) -> Any:
+    """Where candidates run: this machine, an RPC server, or a device from an RPC tracker."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if rpc is None and tracker is None:
+        return ms.runner.LocalRunner(timeout_sec=timeout_s)
+    if rpc is not None:
+        host, port = parse_address(rpc, "--rpc")
+        config = ms.runner.RPCConfig(host, port, "direct", session_timeout_sec=int(timeout_s))
+        return ms.runner.RPCRunner(config, f_create_session=functools.partial(_connect, host, port))
+    host, port = parse_address(tracker, "--tracker")
+    if not key:
+        raise UsageError("--tracker needs --key, the device key the boards registered with")
+    config = ms.runner.RPCConfig(host, port, key, session_timeout_sec=int(timeout_s))
+    return ms.runner.RPCRunner(config)
+
+
+def _connect(host: str, port: int, _config: Any) -> Any:
+    """An RPC session with the server at host:port (runs in the runner's worker process)."""
+    from tvm import rpc
+
+    return rpc.connect(host, port)
+
+
+def _build(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default build, without importing every tensor intrinsic TVM has (its default
+    imports CUDA's and ROCm's too, 27 s in each fresh worker process)."""
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def _export(cxx: str, module: Any) -> str:
+    """A candidate as a shared library linked by the target's C++ compiler, so a board can load it."""
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="passc-candidate-"), "candidate.so")
+    module.export_library(path, fcompile=cc.cross_compiler(cxx))
+    return path
+
+
+@contextlib.contextmanager
+def _runner_environment(threads: int) -> Iterator[None]:
+    """TVM_NUM_THREADS for the worker processes that run candidates on this machine."""
+    saved = os.environ.get("TVM_NUM_THREADS")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TVM_NUM_THREADS"]
+        else:
+            os.environ["TVM_NUM_THREADS"] = saved
+
+
+@contextlib.contextmanager
+def _quiet_metaschedule() -> Iterator[None]:
+    """MetaSchedule's logging, contained to one tuning run.
+
+    It logs a table per batch at INFO to stdout (passc reports progress itself), adds file
+    handlers for a work directory that is deleted after the run, and fails on a second run in the
+    same process unless its logger starts without handlers. All of that is undone afterwards.
+    """
+    name = "tvm.s_tir.meta_schedule"
+    logger = logging.getLogger(name)
+    level, handlers = logger.level, logger.handlers[:]
+    logger.setLevel(logging.WARNING)
+    logger.handlers = []
+    try:
+        yield
+    finally:
+        for each in [
+            logger,
+            *(logging.getLogger(n) for n in logging.root.manager.loggerDict if n.startswith(name)),
+        ]:
+            for handler in each.handlers[:]:
+                if handler not in handlers:
+                    handler.close()
+                    each.removeHandler(handler)
+        logger.setLevel(level)
+        logger.handlers = handlers
