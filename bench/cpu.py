@@ -1,17 +1,21 @@
-"""CPU benchmark: TVM untuned vs passc's default schedules vs onnxruntime, same threads, on the host.
+"""CPU benchmark: TVM untuned vs passc's default schedules vs passc tuned vs onnxruntime, on the host.
 
     python bench/cpu.py [--models resnet18 mobilenetv2 ...] [--all] [--threads 1 2] [--runs 5]
-                        [--mcpu CPU] [--cache-dir DIR] [--out DIR]
+                        [--tune TRIALS] [--records DIR] [--mcpu CPU] [--cache-dir DIR] [--out DIR]
 
 For each model of the suite (bench/models.py; default: resnet18, mobilenetv2, bert-encoder and
-yolov8n-style at their suite shapes) it compiles two host artifacts with the default passes: one
-with TVM's naive legalized loops (PASSC_SCHEDULES=0) and one with passc's default schedules. Then,
-for each thread count, one worker process (TVM reads TVM_NUM_THREADS once per process) runs both
-artifacts and onnxruntime (intra_op_num_threads = TVM_NUM_THREADS, inter_op 1) on the original
+yolov8n-style at their suite shapes) it compiles three host artifacts with the default passes: one
+with TVM's naive legalized loops (PASSC_SCHEDULES=0), one with passc's default schedules and no
+tuning records, and one applying the tuning records in --records (default bench/records/host-CPU,
+kept in the repo so the numbers reproduce without re-tuning). `--tune TRIALS` first runs `passc
+tune` on each model with that budget (2 threads, the host target's), adding to those records.
+
+Then, for each thread count, one worker process (TVM reads TVM_NUM_THREADS once per process) runs
+the artifacts and onnxruntime (intra_op_num_threads = TVM_NUM_THREADS, inter_op 1) on the original
 ONNX model, interleaved, one warm-up each then --runs timed runs, and reports the medians and the
 passc outputs' max relative error against onnxruntime. The table gives passc / onnxruntime latency
-(below 1 is faster than onnxruntime) and untuned / passc (the schedules' speed-up), with geometric
-means per thread count.
+(below 1 is faster than onnxruntime) for the default schedules and tuned, and untuned / default
+(the schedules' speed-up), with geometric means per thread count.
 
 The host target compiles for this machine's CPU (mcpu "native"); --mcpu (e.g. haswell for AVX2,
 x86-64 for baseline SSE2) compiles for another ISA instead.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -37,19 +42,30 @@ from models import suite
 from passc.targets import get_target
 
 import passc
+from passc.lowering import resolve_target
 
 DEFAULT = ["resnet18", "mobilenetv2", "bert-encoder", "yolov8n-style"]
-ENGINES = ("untuned", "passc", "onnxruntime")
+ENGINES = ("untuned", "passc", "tuned", "onnxruntime")
+ARTIFACTS = ("untuned", "passc", "tuned")
+RECORDS = Path(__file__).parent / "records"
 
 
-def _compile(model, out: Path, schedules: bool, mcpu: str | None) -> float:
+def _target(mcpu: str | None):
     target = get_target("host")
-    if mcpu:
-        target = dataclasses.replace(target, tvm={**target.tvm, "mcpu": mcpu})
-    os.environ["PASSC_SCHEDULES"] = "1" if schedules else "0"
+    return dataclasses.replace(target, tvm={**target.tvm, "mcpu": mcpu}) if mcpu else target
+
+
+def _compile(model, out: Path, engine: str, mcpu: str | None, records: Path) -> float:
+    os.environ["PASSC_SCHEDULES"] = "0" if engine == "untuned" else "1"
     start = time.perf_counter()
     try:
-        passc.compile(model.path, target, out, input_shapes=model.input_shapes)
+        passc.compile(
+            model.path,
+            _target(mcpu),
+            out,
+            input_shapes=model.input_shapes,
+            records=[records] if engine == "tuned" and records.is_dir() else [],
+        )
     finally:
         del os.environ["PASSC_SCHEDULES"]
     return time.perf_counter() - start
@@ -84,17 +100,14 @@ def _worker(spec: dict) -> dict:
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    untuned, scheduled = passc.load(spec["untuned"]), passc.load(spec["passc"])
+    artifacts = {name: passc.load(spec[name]) for name in ARTIFACTS}
     inputs = {k: np.load(v) for k, v in spec["inputs"].items()}
-    engines = {
-        "untuned": lambda: untuned.run(inputs),
-        "passc": lambda: scheduled.run(inputs),
-        "onnxruntime": lambda: session.run(None, inputs),
-    }
+    engines = {name: functools.partial(artifact.run, inputs) for name, artifact in artifacts.items()}
+    engines["onnxruntime"] = lambda: session.run(None, inputs)
     expected = oracle.run_onnxruntime(load_model(model_path).model, inputs)
     errors = {
         name: max(e.max_rel for e in oracle.compare(artifact.run(inputs), expected))
-        for name, artifact in (("untuned", untuned), ("passc", scheduled))
+        for name, artifact in artifacts.items()
     }
     times: dict[str, list[float]] = {name: [] for name in engines}
     for run in engines.values():
@@ -119,6 +132,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per engine (median)")
     parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host target's default")
     parser.add_argument(
+        "--tune", type=int, metavar="TRIALS", help="tune each model first, adding to --records"
+    )
+    parser.add_argument("--records", type=Path, help="tuning records (default bench/records/host-CPU)")
+    parser.add_argument(
         "--cache-dir", type=Path, default=Path(platformdirs.user_cache_dir("passc")) / "bench"
     )
     parser.add_argument("--out", type=Path, help="keep the artifacts here")
@@ -133,27 +150,47 @@ def main() -> None:
     names = NAMES if args.all else (args.models or DEFAULT)
     models = suite(args.cache_dir, names)
     work = args.out or Path(tempfile.mkdtemp(prefix="passc-cpu-"))
+    records = args.records or RECORDS / f"host-{resolve_target(_target(args.mcpu).tvm)['mcpu']}"
+    if args.tune:
+        for name, model in models.items():
+            start = time.perf_counter()
+            report = passc.tune(
+                model.path,
+                _target(args.mcpu),
+                trials=args.tune,
+                records=records,
+                input_shapes=model.input_shapes,
+                progress=lambda line, name=name: print(f"{name}: {line}", flush=True),
+            )
+            default, best = report.total("default_us") / 1e3, report.total("best_us") / 1e3
+            print(
+                f"{name}: tuned {report.trials} trials in {time.perf_counter() - start:.0f} s; "
+                f"summed kernel latency {default:.2f} -> {best:.2f} ms"
+            )
     rows = []
     for name, model in models.items():
         base = work / name
         base.mkdir(parents=True, exist_ok=True)
         try:
             seconds = {
-                engine: _compile(model, base / engine, engine == "passc", args.mcpu)
-                for engine in ("untuned", "passc")
+                engine: _compile(model, base / engine, engine, args.mcpu, records) for engine in ARTIFACTS
             }
         except passc.PasscError as err:
             print(f"{name}: does not compile: {err}", file=sys.stderr)
             continue
-        print(f"{name}: compiled untuned in {seconds['untuned']:.0f}s, passc in {seconds['passc']:.0f}s")
+        tuned = json.loads((base / "tuned" / "manifest.json").read_text())
+        print(
+            f"{name}: compiled in "
+            + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items())
+            + f"; {tuned['tuned_kernels']} of {tuned['kernels']} kernels from tuning records"
+        )
         inputs = {}
         for key, array in _inputs(model).items():
             inputs[key] = str(base / f"input-{len(inputs)}.npy")
             np.save(inputs[key], array)
         spec = {
             "onnx": str(model.path),
-            "untuned": str(base / "untuned"),
-            "passc": str(base / "passc"),
+            **{engine: str(base / engine) for engine in ARTIFACTS},
             "inputs": inputs,
             "runs": args.runs,
         }
@@ -175,24 +212,25 @@ def main() -> None:
             print(f"  {threads} threads: " + ", ".join(f"{k} {ms[k]:.1f} ms" for k in ENGINES), flush=True)
 
     mcpu = args.mcpu or "native"
-    print(f"\nhost, mcpu: {mcpu}; median of {args.runs} interleaved runs; ms")
-    header = (
-        f"{'model':16} {'thr':>3} {'untuned':>9} {'passc':>8} {'ort':>8} {'passc/ort':>9} {'speed-up':>8}"
-    )
-    print(header + f" {'max rel':>8}")
+    print(f"\nhost, mcpu: {mcpu}; records: {records}; median of {args.runs} interleaved runs; ms")
+    header = f"{'model':16} {'thr':>3} {'untuned':>9} {'passc':>8} {'tuned':>8} {'ort':>8}"
+    print(header + f" {'passc/ort':>9} {'tuned/ort':>9} {'speed-up':>8} {'max rel':>8}")
     for name, threads, result in rows:
-        ms = result["ms"]
+        ms, err = result["ms"], result["max_rel"]
         print(
-            f"{name:16} {threads:3d} {ms['untuned']:9.1f} {ms['passc']:8.1f} {ms['onnxruntime']:8.1f} "
-            f"{ms['passc'] / ms['onnxruntime']:9.2f} {ms['untuned'] / ms['passc']:8.1f} "
-            f"{result['max_rel']['passc']:8.1e}"
+            f"{name:16} {threads:3d} {ms['untuned']:9.1f} {ms['passc']:8.1f} {ms['tuned']:8.1f} "
+            f"{ms['onnxruntime']:8.1f} {ms['passc'] / ms['onnxruntime']:9.2f} "
+            f"{ms['tuned'] / ms['onnxruntime']:9.2f} {ms['untuned'] / ms['passc']:8.1f} "
+            f"{max(err['passc'], err['tuned']):8.1e}"
         )
     for threads in args.threads:
-        chosen = [r for _, t, r in rows if t == threads]
+        chosen = [r["ms"] for _, t, r in rows if t == threads]
         if chosen:
-            ratio = _geomean([r["ms"]["passc"] / r["ms"]["onnxruntime"] for r in chosen])
-            speedup = _geomean([r["ms"]["untuned"] / r["ms"]["passc"] for r in chosen])
-            print(f"{'geomean':16} {threads:3d} {'':9} {'':8} {'':8} {ratio:9.2f} {speedup:8.1f}")
+            ratio = _geomean([ms["passc"] / ms["onnxruntime"] for ms in chosen])
+            tuned = _geomean([ms["tuned"] / ms["onnxruntime"] for ms in chosen])
+            speedup = _geomean([ms["untuned"] / ms["passc"] for ms in chosen])
+            blank = f"{'':9} {'':8} {'':8} {'':8}"
+            print(f"{'geomean':16} {threads:3d} {blank} {ratio:9.2f} {tuned:9.2f} {speedup:8.1f}")
 
 
 if __name__ == "__main__":
