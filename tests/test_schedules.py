@@ -174,3 +174,45 @@ SSE, AVX512 = CPUSpec(lanes=4, registers=16), CPUSpec(lanes=16, registers=32)
 def test_register_tile(extents: list[int], spec: CPUSpec, kwargs: dict, factors: list[int]) -> None:
     assert register_tile(extents, spec, **kwargs) == factors
     assert all(e % f == 0 for e, f in zip(extents, factors, strict=True))
+
+
+def _fp16_matmul(tmp_path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [16, 32])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_fp16_kernels_use_full_width_half_precision_fma_on_cortex_a76(tmp_path: Path) -> None:
+    """rpi5 has +fullfp16: an fp16 matmul's vectors hold 8 halves, so its FMAs are `fmla vN.8h`."""
+    import re
+    import shutil
+    import subprocess
+
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.skip("aarch64-linux-gnu-objdump (binutils-aarch64-linux-gnu) is not installed")
+    artifact = passc.compile(_fp16_matmul(tmp_path), target="rpi5", output=tmp_path / "art")
+    library = artifact.path / "model.so"
+    assembly = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True)
+    assert re.search(r"\bfmla\s+v\d+\.8h", assembly.stdout)
+
+
+def test_fp16_kernels_are_scheduled_at_twice_the_float32_lanes() -> None:
+    from passc.schedules.rules import _for_bits
+
+    neon = CPUSpec(lanes=4, registers=32)
+    assert _for_bits(neon, 16) == CPUSpec(lanes=8, registers=32)
+    assert _for_bits(neon, 32) == neon
+    assert _for_bits(neon, 64) == CPUSpec(lanes=2, registers=32)
+    assert _for_bits(neon, 1) == CPUSpec(lanes=16, registers=32)  # bool: one byte a lane

@@ -41,7 +41,8 @@ _AVX2 += ("x86-64-v3", "avx2", "avx")
 
 @dataclass(frozen=True)
 class CPUSpec:
-    """What the rules need to know about a CPU: float32 lanes per vector and vector registers."""
+    """What the rules need to know about a CPU: lanes per vector (float32 lanes in `cpu_spec`; the
+    rules scale them to each kernel's element size) and vector registers."""
 
     lanes: int
     registers: int
@@ -78,6 +79,12 @@ def cpu_spec(target: Target) -> CPUSpec:
     if any(name in features for name in _AVX2):
         return CPUSpec(lanes=8, registers=16)
     return CPUSpec(lanes=4, registers=16)
+
+
+def _for_bits(spec: CPUSpec, bits: int) -> CPUSpec:
+    """The spec for kernels whose output elements have `bits` bits: a vector holds 32/bits times
+    as many of them as of float32 (8 fp16 lanes on NEON, so `fmla v.8h`; 2 float64 on SSE)."""
+    return CPUSpec(lanes=max(1, spec.lanes * 32 // max(8, bits)), registers=spec.registers)  # bool: 1 bit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +177,8 @@ class _Rule(ScheduleRule):
             blocks = _blocks(sch)
             if not blocks:
                 return None
-            return self.schedule(sch, blocks, self.spec or cpu_spec(target))
+            output_bits = sch.get(blocks[-1].rv).writes[0].source.dtype.bits
+            return self.schedule(sch, blocks, _for_bits(self.spec or cpu_spec(target), output_bits))
         except _REFUSALS:
             return None
 
