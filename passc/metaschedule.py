@@ -9,8 +9,9 @@ That seeds the evolutionary search (its initial population comes from the databa
 records) and makes the database's fastest record, which compile applies, never slower than the
 default schedule as measured.
 
-Records are a MetaSchedule JSON database (two JSON-lines files) in one directory per target. Each
-measured batch is appended as it completes, so an interrupted run keeps what it measured.
+Records are a MetaSchedule JSON database (two JSON-lines files) in one directory per target. A
+batch is appended when MetaSchedule collects it (when it next returns to that task, or at the end),
+so an interrupted run keeps every batch collected so far.
 Candidates are measured on this machine (`LocalRunner`) or on a board over TVM RPC: a server
 directly (`rpc="HOST:PORT"`) or a tracker and device key, TVM's device farm (`tracker`, `key`).
 """
