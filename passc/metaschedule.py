@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -199,15 +200,20 @@ def _measure_defaults(
             args = ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
             inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
             measured.append((kernel, task, schedule, args))
-    for (kernel, task, schedule, args), future in zip(measured, runner.run(inputs), strict=True):
-        result = future.result()
-        if result.error_msg is not None or not result.run_secs:
-            continue
-        kernel.default_us = _mean_us(result.run_secs)
-        workload = database.commit_workload(task.dispatched[0])
-        database.commit_tuning_record(
-            ms.database.TuningRecord(schedule.trace, workload, result.run_secs, target, args)
-        )
+    try:
+        for (kernel, task, schedule, args), future in zip(measured, runner.run(inputs), strict=True):
+            result = future.result()
+            if result.error_msg is not None or not result.run_secs:
+                continue
+            kernel.default_us = _mean_us(result.run_secs)
+            workload = database.commit_workload(task.dispatched[0])
+            database.commit_tuning_record(
+                ms.database.TuningRecord(schedule.trace, workload, result.run_secs, target, args)
+            )
+    finally:
+        for result in built:
+            if result.artifact_path is not None:
+                shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
     return kernels
 
 

@@ -36,15 +36,19 @@ def _records(directory: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_tuning_over_rpc_writes_records_that_compile_applies(
-    tmp_path: Path, run_cli, rpc_server: str
+    tmp_path: Path, monkeypatch, run_cli, rpc_server: str
 ) -> None:
     """The issue's check: tune through an RPC server on 127.0.0.1 (as on a board), then the next
     `passc compile` schedules every kernel from the records and still matches onnxruntime."""
     model, records = _tiny_conv(tmp_path), tmp_path / "records"
+    scratch = tmp_path / "tmp"  # where the builder's worker processes put candidate libraries
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     code, out, err = run_cli(
         "tune", model, "--target", "host", "--rpc", rpc_server, "--trials", "16", "--records", records
     )
     assert code == 0, err
+    assert not list(scratch.glob("passc-candidate-*"))  # every built candidate was cleaned up
     assert f"tuning on the RPC server at {rpc_server}" in err
     assert re.search(r"tuning: \d+/16 trials", err)  # progress with the best latency so far
     lines = out.splitlines()
