@@ -166,11 +166,11 @@ def tune_kernels(
                 work_dir=work_dir,
                 max_trials_global=trials,
                 num_trials_per_iter=max(MIN_BATCH, min(BATCH, trials // len(chosen))),
-                builder=builder,
+                builder=watcher.builder(builder),
                 runner=runner,
                 database=database,
                 cost_model="xgb",
-                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), watcher.callback],
+                measure_callbacks=[*_default_callbacks(), watcher.callback()],
             )
     for kernel, task in zip(kernels, tasks, strict=True):
         best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
@@ -266,23 +266,26 @@ def _mean_us(run_secs: Any) -> float:
 
 
 class _Progress:
-    """Counts measured trials and reports the model's best summed kernel latency after each batch."""
+    """Reports tuning progress: when a batch is built, and after each batch is collected, the
+    trials so far and the model's summed kernel latency, default and best so far.
+
+    `callback` is the measure callback MetaSchedule calls with each collected batch; `builder`
+    wraps the real builder to say when a batch starts (MetaSchedule collects batches only when it
+    returns to their task, which on a large model is minutes later).
+    """
 
     def __init__(
         self, kernels: list[KernelResult], tuned: list[int], budget: int, progress: Callable[[str], None]
     ) -> None:
+        self.kernels, self.tuned, self.budget, self.progress = kernels, tuned, budget, progress
+        self.trials, self.sent = 0, 0
+        self.best = {i: k.default_us for i, k in enumerate(kernels)}
+        self.started = time.perf_counter()
+
+    def callback(self) -> Any:
         from tvm.ir.utils import derived_object
         from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
-        self.kernels, self.tuned, self.budget, self.progress, self.trials = (
-            kernels,
-            tuned,
-            budget,
-            progress,
-            0,
-        )
-        self.best = {i: k.default_us for i, k in enumerate(kernels)}
-        self.started = time.perf_counter()
         watcher = self
 
         @derived_object
@@ -290,10 +293,31 @@ class _Progress:
             def apply(self, task_scheduler, task_id, candidates, builder_results, runner_results) -> None:
                 watcher.measured(int(task_id), runner_results)
 
-        self.callback = Callback()
+        return Callback()
+
+    def builder(self, inner: Any) -> Any:
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.builder import PyBuilder
+
+        watcher = self
+
+        @derived_object
+        class Builder(PyBuilder):
+            def build(self, build_inputs: list[Any]) -> list[Any]:
+                watcher.sent += len(build_inputs)
+                watcher.progress(
+                    f"tuning: building {len(build_inputs)} candidates ({watcher.sent}/{watcher.budget} "
+                    f"sent, {watcher.trials} measured, {watcher.elapsed():.0f} s)"
+                )
+                return inner.build(build_inputs)
+
+        return Builder()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
     def measured(self, task_id: int, runner_results: list[Any]) -> None:
-        """Called after each batch for the `task_id`-th tuned kernel."""
+        """Called with each collected batch of the `task_id`-th tuned kernel."""
         task_id = self.tuned[task_id]
         self.trials += len(runner_results)
         self.kernels[task_id].trials += len(runner_results)
@@ -305,11 +329,18 @@ class _Progress:
         known = [i for i, k in enumerate(self.kernels) if k.default_us is not None]
         default = sum(self.kernels[i].weight * self.kernels[i].default_us for i in known)
         best = sum(self.kernels[i].weight * self.best[i] for i in known)
-        elapsed = time.perf_counter() - self.started
         self.progress(
-            f"tuning: {self.trials}/{self.budget} trials, {elapsed:.0f} s; summed kernel latency "
+            f"tuning: {self.trials}/{self.budget} trials, {self.elapsed():.0f} s; summed kernel latency "
             f"{default / 1e3:.3f} ms with default schedules, {best / 1e3:.3f} ms best so far"
         )
+
+
+def _default_callbacks() -> list[Any]:
+    """MetaSchedule's default measure callbacks: add to the database, remove the built
+    candidate, update the cost model."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return list(ms.measure_callback.MeasureCallback.create("default"))
 
 
 def _with_cores(target: Any, threads: int) -> Any:
