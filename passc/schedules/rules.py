@@ -133,6 +133,14 @@ def _blocks(sch: s_tir.Schedule) -> list[_Block] | None:
     return blocks
 
 
+def _tile(sch: s_tir.Schedule, loop: Any, extent: int, factor: int) -> list[Any]:
+    """The split (extent / factor, factor) of `loop`, as a sampled perfect tile whose decision is
+    that split. Compiling, it is just the split; in a tuning record it is a choice MetaSchedule's
+    tile-size mutator can change, so the search can explore around the default schedule."""
+    decision = [extent // factor, factor]
+    return list(sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(64, factor), decision=decision))
+
+
 def _divisor(extent: int, limit: int, multiple_of: int = 1) -> int:
     """The largest divisor of `extent` not above `limit`, preferring multiples of `multiple_of`."""
     divisors = [d for d in range(1, min(extent, limit) + 1) if extent % d == 0]
@@ -341,7 +349,7 @@ class Contraction(_Rule):
             elif factor == extent:
                 inner.append(loop)
             else:
-                o, n = sch.split(loop, [None, factor])
+                o, n = sch.split(loop, _tile(sch, loop, extent, factor))
                 outer.append(o)
                 inner.append(n)
         if not outer:
