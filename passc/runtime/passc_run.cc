@@ -29,8 +29,15 @@ namespace {
 
 constexpr const char* kEntry = "main";
 
+// TVM's kernels assume 64-byte aligned tensors (kAllocAlignment) and load them with aligned vector
+// instructions: malloc's 16 bytes crash AVX-512 code.
+constexpr size_t kAlignment = 64;
+
 struct CPUAlloc {
-  void AllocData(DLTensor* t) { t->data = std::malloc(std::max<size_t>(ffi::GetDataSize(*t), 1)); }
+  void AllocData(DLTensor* t) {
+    size_t size = std::max<size_t>(ffi::GetDataSize(*t), 1);
+    t->data = std::aligned_alloc(kAlignment, (size + kAlignment - 1) / kAlignment * kAlignment);
+  }
   void FreeData(DLTensor* t) { std::free(t->data); }
 };
 
