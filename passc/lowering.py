@@ -85,7 +85,13 @@ def _legalize(mod: Any, target: Any) -> Any:
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     with target:
-        phases = cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+        if _schedules_enabled():
+            from passc.schedules import legalize_passes
+
+            legalize = legalize_passes()  # conv2d with packed weights, for passc's conv schedule
+        else:
+            legalize = cpu_generic.legalize_passes(target)
+        phases = cpu_generic.library_dispatch_passes(target) + legalize
         return tvm.transform.Sequential(phases)(mod)
 
 

@@ -22,7 +22,8 @@ TOLERANCE = 1e-4
 
 
 class _ConvNet(nn.Module):
-    """Stem conv (stride 2) + residual 3×3 block + 1×1 conv with bias, ReLU, max pool, global mean, fc."""
+    """Stem conv (stride 2) + residual 3×3 block + 1×1 conv with bias, ReLU, max pool, a dilated
+    strided conv, a conv whose 12 output channels are no whole vector (not packed), global mean, fc."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -30,12 +31,15 @@ class _ConvNet(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, 1)
         self.conv1 = nn.Conv2d(16, 16, 3, 1, 1)
         self.conv2 = nn.Conv2d(16, 32, 1)
-        self.fc = nn.Linear(32, 10)
+        self.dilated = nn.Conv2d(32, 32, 3, 2, 2, dilation=2, bias=False)
+        self.odd = nn.Conv2d(32, 12, 1)
+        self.fc = nn.Linear(12, 10)
 
     def forward(self, x):
         x = self.pool(torch.relu(self.stem(x)))
         x = torch.relu(self.conv1(x) + x)
-        return self.fc(torch.relu(self.conv2(x)).mean(dim=(2, 3)))
+        x = self.dilated(torch.relu(self.conv2(x)))
+        return self.fc(self.odd(x).mean(dim=(2, 3)))
 
 
 class _Separable(nn.Module):
@@ -107,22 +111,51 @@ def test_scheduled_model_matches_onnxruntime(tmp_path: Path, monkeypatch, name: 
 
 def test_every_kernel_of_the_conv_net_is_scheduled(tmp_path: Path) -> None:
     import onnx
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
     from tvm.relax.frontend.onnx import from_onnx
 
-    from passc.schedules import schedule_passes
+    from passc.schedules import PackedConv, legalize_passes, schedule_passes
 
     mod = from_onnx(onnx.load(_export("conv", tmp_path)), keep_params_in_input=False)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     with target:
-        mod = tvm.transform.Sequential(
-            cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
-        )(mod)
+        mod = tvm.transform.Sequential(legalize_passes())(mod)
+        for gv, func in mod.functions_items():  # the packed conv rule, not a fallback, takes them
+            if "conv2d_packed" in gv.name_hint:
+                assert PackedConv().apply(func, target, False) is not None, gv.name_hint
         mod = tvm.transform.Sequential(schedule_passes(target))(mod)
     kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     unscheduled = [name for name, f in kernels.items() if not f.attrs.get("tirx.is_scheduled", False)]
     assert kernels and not unscheduled
-    assert any("conv2d" in name for name in kernels)
+    # Every conv with 16k output channels has packed weights (16 lanes); the 12-channel one not.
+    packed = [name for name in kernels if "conv2d_packed" in name]
+    plain = [name for name in kernels if "conv2d" in name and name not in packed]
+    assert len(packed) == 4 and len(plain) == 1, sorted(kernels)
+
+
+def test_pack_weight_blocks_output_channels_into_vectors() -> None:
+    from passc.schedules import pack_weight
+
+    weight = np.arange(8 * 3 * 2 * 2, dtype=np.float32).reshape(8, 3, 2, 2)
+    packed = pack_weight(weight, 4)
+    assert packed.shape == (2, 3, 2, 2, 4) and packed.flags["C_CONTIGUOUS"]
+    for o, i, kh, kw in np.ndindex(weight.shape):
+        assert packed[o // 4, i, kh, kw, o % 4] == weight[o, i, kh, kw]
+
+
+@pytest.mark.parametrize(
+    ("width", "blocks", "spec", "tile"),
+    [
+        (56, 4, CPUSpec(16, 32), (14, 1)),  # ResNet's first stage: 14 columns × 1 vector
+        (7, 32, CPUSpec(16, 32), (7, 2)),  # its last: 7 columns leave room for 2 vectors
+        (7, 3, CPUSpec(16, 32), (7, 1)),  # ... unless the channel blocks do not divide by 2
+        (40, 8, CPUSpec(8, 16), (5, 1)),  # AVX2's 16 registers: 6 accumulators at most
+        (1, 8, CPUSpec(4, 32), (1, 4)),  # a 1×1 output (a dense layer as conv): 4 vectors
+    ],
+)
+def test_conv_tile(width: int, blocks: int, spec: CPUSpec, tile: tuple[int, int]) -> None:
+    from passc.schedules import conv_tile
+
+    assert conv_tile(width, blocks, spec) == tile
 
 
 def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) -> None:

@@ -7,10 +7,14 @@ epilogues fused into the tile, parallel outer loops, vectors of the target's wid
 reductions. Like `passc.lowering`, this package imports TVM; only the lowering imports it.
 """
 
+from passc.schedules.packed_conv import legalize_passes, pack_weight
 from passc.schedules.rules import (
+    PACKED_CONV,
     Contraction,
     CPUSpec,
     Elementwise,
+    PackedConv,
+    conv_tile,
     cpu_spec,
     default_rules,
     default_schedule,
@@ -22,9 +26,14 @@ __all__ = [
     "CPUSpec",
     "Contraction",
     "Elementwise",
+    "PACKED_CONV",
+    "PackedConv",
     "cpu_spec",
     "default_rules",
+    "conv_tile",
     "default_schedule",
+    "legalize_passes",
+    "pack_weight",
     "register_tile",
     "schedule_passes",
 ]

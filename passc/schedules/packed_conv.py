@@ -1,0 +1,117 @@
+"""Conv2d with its weights packed for output-channel vectors: the layout passc's conv schedule needs.
+
+A plain NCHW × OIHW conv2d gives a schedule two bad choices of vector axis: the output width
+(7 of 16 lanes wasted at the end of a ResNet, a strided gather at stride 2) or the output
+channels (contiguous in neither operand). Packing a constant weight W[O, I, Kh, Kw] once, at
+compile time, as
+
+    P[o // V, i, kh, kw, o % V] = W[o, i, kh, kw]          (V = lanes of the output's element type)
+
+makes V output channels one contiguous vector of P. The packed conv computes, unchanged,
+
+    Y[n, o, y, x] = Σ_{i, kh, kw} pad(X)[n, i, y·sh + kh·dh, x·sw + kw·dw] · P[o // V, i, kh, kw, o % V]
+
+so each step of its reduction is one vector load of P, one broadcast input scalar per output
+column and one fused multiply-add per accumulator (`PackedConv` in `passc.schedules.rules`).
+Activations keep their NCHW layout: nothing else in the model changes.
+
+The packing happens at legalization (`legalize_passes`): a conv2d whose weight is a constant, with
+one group, NCHW/OIHW layouts, float operands of one type and an output-channel count that
+is a multiple of V becomes the packed conv; every other conv2d legalizes as TVM's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+from tvm.target import Target
+
+from passc.schedules.rules import PACKED_CONV, _for_bits, cpu_spec
+
+__all__ = ["legalize_passes", "pack_weight"]
+
+
+def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """W[O, I, Kh, Kw] as P[O / lanes, I, Kh, Kw, lanes] (O a multiple of lanes)."""
+    out_channels = weight.shape[0]
+    blocked = weight.reshape(out_channels // lanes, lanes, *weight.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))
+
+
+def _packed_conv2d(
+    data: te.Tensor, packed: te.Tensor, strides: Any, padding: Any, dilation: Any
+) -> te.Tensor:
+    """The packed conv's TE compute (the formula of the module docstring)."""
+    _, _, height, width = (int(d) for d in data.shape)
+    blocks, in_channels, kernel_h, kernel_w, lanes = (int(d) for d in packed.shape)
+    (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
+    top, left, bottom, right = (int(p) for p in padding)
+    if top or left or bottom or right:
+        data = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right])
+    out_h = (height + top + bottom - (kernel_h - 1) * dh - 1) // sh + 1
+    out_w = (width + left + right - (kernel_w - 1) * dw - 1) // sw + 1
+    i = te.reduce_axis((0, in_channels), "i")
+    kh = te.reduce_axis((0, kernel_h), "kh")
+    kw = te.reduce_axis((0, kernel_w), "kw")
+    return te.compute(
+        (int(data.shape[0]), blocks * lanes, out_h, out_w),
+        lambda n, o, y, x: te.sum(
+            data[n, i, y * sh + kh * dh, x * sw + kw * dw] * packed[o // lanes, i, kh, kw, o % lanes],
+            axis=[i, kh, kw],
+        ),
+        name=PACKED_CONV,
+    )
+
+
+def _lanes_for(call: relax.Call, target: Target) -> int | None:
+    """The pack width for this conv2d, or None when it stays TVM's conv2d."""
+    attrs = call.attrs
+    data, weight = call.args
+    if not isinstance(weight, tvm.ir.expr.Constant) or int(attrs.groups) != 1:
+        return None
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        return None
+    dtype = str(weight.ty.dtype)
+    if (
+        dtype not in ("float16", "float32", "float64")
+        or str(data.ty.dtype) != dtype
+        or str(attrs.out_dtype) not in ("", "None", dtype)  # None: the input type
+    ):
+        return None
+    if target.kind.name != "llvm" or len(weight.value.shape) != 4:
+        return None
+    lanes = _for_bits(cpu_spec(target), int(dtype[len("float") :])).lanes
+    return lanes if weight.value.shape[0] % lanes == 0 else None
+
+
+def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    target = Target.current(allow_none=True)
+    lanes = _lanes_for(call, target) if target is not None else None
+    if lanes is None:
+        return tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
+    attrs = call.attrs
+    packed = relax.const(pack_weight(call.args[1].value.numpy(), lanes))
+    return bb.call_te(
+        _packed_conv2d,
+        call.args[0],
+        packed,
+        attrs.strides,
+        attrs.padding,
+        attrs.dilation,
+        primfunc_name_hint="conv2d_packed",
+    )
+
+
+def legalize_passes() -> list[Any]:
+    """TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with conv2d legalized to the
+    packed conv where it applies. Run under the target, which sets the pack width."""
+    return [
+        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": _legalize_conv2d}),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
