@@ -22,7 +22,7 @@ TOLERANCE = 1e-4
 
 
 class _ConvNet(nn.Module):
-    """Stem conv (stride 2) + residual 3×3 block + 1×1 conv with bias, ReLU, max pool, a dilated
+    """Stem conv (stride 2) + residual 3×3 block + 1×1 conv with bias, ReLU, SiLU, max pool, a dilated
     strided conv, a conv whose 12 output channels are no whole vector (not packed), global mean, fc."""
 
     def __init__(self) -> None:
@@ -38,7 +38,7 @@ class _ConvNet(nn.Module):
     def forward(self, x):
         x = self.pool(torch.relu(self.stem(x)))
         x = torch.relu(self.conv1(x) + x)
-        x = self.dilated(torch.relu(self.conv2(x)))
+        x = self.dilated(nn.functional.silu(self.conv2(x)))  # SiLU: sigmoid's exp
         return self.fc(self.odd(x).mean(dim=(2, 3)))
 
 
@@ -249,3 +249,22 @@ def test_fp16_kernels_are_scheduled_at_twice_the_float32_lanes() -> None:
     assert _for_bits(neon, 32) == neon
     assert _for_bits(neon, 64) == CPUSpec(lanes=2, registers=32)
     assert _for_bits(neon, 1) == CPUSpec(lanes=16, registers=32)  # bool: one byte a lane
+
+
+def test_vector_exp_is_within_two_ulp_of_the_exact_exp() -> None:
+    from tvm import te
+
+    from passc.schedules import default_schedule
+    from passc.schedules.fast_math import exp32
+
+    x = te.placeholder((1 << 16,), "float32")
+    func = te.create_prim_func([x, te.compute(x.shape, lambda i: exp32(x[i]))])
+    target = tvm.target.Target({"kind": "llvm"})
+    with target:
+        scheduled = default_schedule(func, target)
+    library = tvm.compile(tvm.IRModule({"main": scheduled.mod["main"]}), target=target)
+    values = np.linspace(-87.0, 88.0, 1 << 16, dtype=np.float32)
+    result = tvm.runtime.tensor(np.zeros_like(values))
+    library["main"](tvm.runtime.tensor(values), result)
+    exact = np.exp(values.astype(np.float64))
+    assert np.max(np.abs(result.numpy() - exact) / exact) <= 2 * 2.0**-24

@@ -7,7 +7,8 @@ epilogues fused into the tile, parallel outer loops, vectors of the target's wid
 reductions. Like `passc.lowering`, this package imports TVM; only the lowering imports it.
 """
 
-from passc.schedules.packed_conv import legalize_passes, pack_weight
+from passc.schedules.legalize import legalize_passes
+from passc.schedules.packed_conv import pack_weight
 from passc.schedules.rules import (
     PACKED_CONV,
     Contraction,

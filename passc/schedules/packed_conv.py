@@ -15,7 +15,7 @@ so each step of its reduction is one vector load of P, one broadcast input scala
 column and one fused multiply-add per accumulator (`PackedConv` in `passc.schedules.rules`).
 Activations keep their NCHW layout: nothing else in the model changes.
 
-The packing happens at legalization (`legalize_passes`): a conv2d whose weight is a constant, with
+The packing happens at legalization (`passc.schedules.legalize`): a conv2d whose weight is a constant, with
 one group, NCHW/OIHW layouts, float operands of one type and an output-channel count that
 is a multiple of V becomes the packed conv; every other conv2d legalizes as TVM's own.
 """
@@ -31,7 +31,7 @@ from tvm.target import Target
 
 from passc.schedules.rules import PACKED_CONV, _for_bits, cpu_spec
 
-__all__ = ["legalize_passes", "pack_weight"]
+__all__ = ["legalize_conv2d", "pack_weight"]
 
 
 def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
@@ -87,7 +87,7 @@ def _lanes_for(call: relax.Call, target: Target) -> int | None:
     return lanes if weight.value.shape[0] % lanes == 0 else None
 
 
-def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     target = Target.current(allow_none=True)
     lanes = _lanes_for(call, target) if target is not None else None
     if lanes is None:
@@ -103,15 +103,3 @@ def _legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         attrs.dilation,
         primfunc_name_hint="conv2d_packed",
     )
-
-
-def legalize_passes() -> list[Any]:
-    """TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with conv2d legalized to the
-    packed conv where it applies. Run under the target, which sets the pack width."""
-    return [
-        relax.transform.LegalizeOps(customize_legalize_map={"relax.nn.conv2d": _legalize_conv2d}),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
