@@ -268,3 +268,23 @@ def test_vector_exp_is_within_two_ulp_of_the_exact_exp() -> None:
     library["main"](tvm.runtime.tensor(values), result)
     exact = np.exp(values.astype(np.float64))
     assert np.max(np.abs(result.numpy() - exact) / exact) <= 2 * 2.0**-24
+
+
+def test_vector_erf_is_within_4e_7_of_the_exact_erf(tmp_path: Path) -> None:
+    """GELU's erf, legalized through passc's legalize phases, against scipy's double-precision erf."""
+    import scipy.special
+    from tvm import relax
+
+    from passc.schedules import legalize_passes, schedule_passes
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1 << 16,), "float32"))
+    with builder.function("main", [x]):
+        builder.emit_func_output(builder.emit(relax.op.erf(x)))
+    target = tvm.target.Target({"kind": "llvm"})
+    with target:
+        mod = tvm.transform.Sequential(legalize_passes() + schedule_passes(target))(builder.get())
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    values = np.linspace(-6.0, 6.0, 1 << 16, dtype=np.float32)
+    result = vm["main"](tvm.runtime.tensor(values)).numpy()
+    assert np.max(np.abs(result - scipy.special.erf(values.astype(np.float64)))) <= 4e-7

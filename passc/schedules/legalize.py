@@ -2,7 +2,7 @@
 
 TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with three of TVM's legalizations
 replaced: conv2d by the packed conv (`passc.schedules.packed_conv`) where it applies, and float32
-exp, sigmoid and softmax by vector arithmetic (`passc.schedules.fast_math`).
+exp, sigmoid, softmax and erf by vector arithmetic (`passc.schedules.fast_math`).
 """
 
 from __future__ import annotations
