@@ -31,8 +31,8 @@ class _ConvNet(nn.Module):
         self.pool = nn.MaxPool2d(3, 2, 1)
         self.conv1 = nn.Conv2d(16, 16, 3, 1, 1)
         self.conv2 = nn.Conv2d(16, 32, 1)
-        self.dilated = nn.Conv2d(32, 32, 3, 2, 2, dilation=2, bias=False)
-        self.odd = nn.Conv2d(32, 12, 1)
+        self.dilated = nn.Conv2d(32, 24, 3, 2, 2, dilation=2, bias=False)  # 3 half vectors
+        self.odd = nn.Conv2d(24, 12, 1)
         self.fc = nn.Linear(12, 10)
 
     def forward(self, x):
@@ -80,6 +80,7 @@ class _Attention(nn.Module):
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
+    "separable-wide": (_Separable, (1, 8, 48, 48)),  # depthwise outputs 48 and 24 wide
     "attention": (_Attention, (2, 12, 32)),
     "attention-13": (_Attention, (1, 13, 32)),  # a prime token count: the matmuls get padded
 }
@@ -126,7 +127,7 @@ def test_every_kernel_of_the_conv_net_is_scheduled(tmp_path: Path) -> None:
     kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     unscheduled = [name for name, f in kernels.items() if not f.attrs.get("tirx.is_scheduled", False)]
     assert kernels and not unscheduled
-    # Every conv with 16k output channels has packed weights (16 lanes); the 12-channel one not.
+    # Every conv with 8k output channels has packed weights (16 lanes, or 8); the 12-channel one not.
     packed = [name for name in kernels if "conv2d_packed" in name]
     plain = [name for name in kernels if "conv2d" in name and name not in packed]
     assert len(packed) == 4 and len(plain) == 1, sorted(kernels)
@@ -288,3 +289,24 @@ def test_vector_erf_is_within_4e_7_of_the_exact_erf(tmp_path: Path) -> None:
     values = np.linspace(-6.0, 6.0, 1 << 16, dtype=np.float32)
     result = vm["main"](tvm.runtime.tensor(values)).numpy()
     assert np.max(np.abs(result - scipy.special.erf(values.astype(np.float64)))) <= 4e-7
+
+
+@pytest.mark.parametrize(("name", "wide"), [("separable", False), ("separable-wide", True)])
+def test_wide_depthwise_convs_take_the_loop_vectorized_schedule(
+    tmp_path: Path, name: str, wide: bool
+) -> None:
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from passc.schedules import legalize_passes
+    from passc.schedules.rules import WideDepthwise
+
+    mod = from_onnx(onnx.load(_export(name, tmp_path)), keep_params_in_input=False)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    with target:
+        mod = tvm.transform.Sequential(legalize_passes())(mod)
+        depthwise = [
+            f for gv, f in mod.functions_items() if "conv2d" in gv.name_hint and "packed" not in gv.name_hint
+        ]
+        assert len(depthwise) == 2  # the stride-1 and the stride-2 depthwise conv
+        assert all((WideDepthwise().apply(f, target, False) is not None) == wide for f in depthwise)

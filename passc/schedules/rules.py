@@ -27,6 +27,7 @@ __all__ = [
     "CPUSpec",
     "Contraction",
     "PackedConv",
+    "WideDepthwise",
     "Elementwise",
     "conv_tile",
     "cpu_spec",
@@ -382,8 +383,18 @@ class Contraction(_Rule):
         sch.annotate(reduce_loops[0], "pragma_unroll_explicit", 1)
 
         for block in producers:
-            _vectorize_flat(sch, block.rv, spec)
+            if _is_copy(sch, block.rv):
+                sch.compute_inline(block.rv)  # a zero-width pad: a whole copy of the input, for nothing
+            else:
+                _vectorize_flat(sch, block.rv, spec)
         return sch
+
+
+def _is_copy(sch: s_tir.Schedule, block: Any) -> bool:
+    """Whether a block reads one buffer of its output's shape (a pad of zero width is one)."""
+    stmt = sch.get(block)
+    shapes = {tuple(int(d) for d in region.source.shape) for region in stmt.reads}
+    return len(stmt.reads) == 1 and shapes == {tuple(int(d) for d in stmt.writes[0].source.shape)}
 
 
 # The reduction block of `passc.schedules.packed_conv`'s conv2d, which `PackedConv` schedules.
@@ -448,10 +459,58 @@ class PackedConv(_Rule):
         return sch
 
 
+# Depthwise convs at least this wide (output columns) take `WideDepthwise`'s schedule; narrower
+# ones (MobileNet's 14×14 and 7×7 stages) run faster with `Contraction`'s register tile.
+WIDE_DEPTHWISE = 24
+
+
+class WideDepthwise(_Rule):
+    """A depthwise conv2d (TVM's `group_conv2d_nchw` with one input channel per group) with a wide
+    output, with its pad and epilogue: loops c, y, kh, kw, x with x innermost and not vectorized
+    in TIR, so that LLVM's loop vectorizer takes x. At stride 2 it loads the input row as
+    interleaved vectors and shuffles (TIR's vectors would gather lane by lane). Each (kh, kw) tap
+    sweeps one output row held in cache; channels run in parallel, each padding its own input
+    plane first. Measured on AVX-512 against `Contraction`: 2–2.6× faster at 56 and 112 columns,
+    slower at 14 and 7 (`WIDE_DEPTHWISE`).
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = next((i for i, b in enumerate(blocks) if not b.injective), None)
+        if index is None or any(not b.injective for b in blocks[index + 1 :]):
+            return None
+        main = blocks[index]
+        if not main.name.startswith("group_conv2d_nchw") or main.kinds != "SSSSRRR":
+            return None
+        if main.extents[4] != 1 or main.extents[3] < WIDE_DEPTHWISE:
+            return None  # not one input channel per output channel, or narrow
+        consumers = _inline_injective(sch, blocks[index + 1 :])
+        producers = blocks[:index]
+        if len(consumers) > 1 or len(producers) > 1:
+            return None
+        n, c, y, x, rc, kh, kw = sch.get_loops(main.rv)
+        sch.reorder(n, c, y, rc, kh, kw, x)
+        plane = sch.fuse(n, c)
+        sch.parallel(plane)
+        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        sch.reverse_compute_at(epilogue, y)
+        if producers:
+            sch.compute_at(producers[0].rv, plane)
+        sch.decompose_reduction(main.rv, rc)
+        sch.unroll(kh)
+        sch.unroll(kw)
+        return sch
+
+
 def default_rules(spec: CPUSpec | None = None) -> list[ScheduleRule]:
     """passc's rules in the order tried, then dlight's CPU rules for multi-reduction kernels
     (softmax, layer norm). `spec` fixes the CPU; by default each function's target decides."""
-    return [PackedConv(spec), Contraction(spec), Elementwise(spec), _Guarded(dlight.cpu.Reduction())]
+    return [
+        PackedConv(spec),
+        WideDepthwise(spec),
+        Contraction(spec),
+        Elementwise(spec),
+        _Guarded(dlight.cpu.Reduction()),
+    ]
 
 
 class _Guarded(_Rule):
