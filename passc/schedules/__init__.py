@@ -1,8 +1,10 @@
-"""passc's default CPU schedules: TIR schedule rules that need no tuning.
+"""passc's default CPU schedules: legalizations and TIR schedule rules that need no tuning.
 
-TVM legalizes every Relax op into naive TIR loops. These rules give each kernel a schedule at
-compile time, the way TVM's dlight rules do (`ApplyDefaultSchedule` after legalize): register and
-cache tiling of contractions (conv2d, depthwise conv, matmul, batch matmul) with their elementwise
+TVM legalizes every Relax op into naive TIR loops. `legalize_passes` first changes what some ops
+legalize to: conv2d with packed weights (`packed_conv`) and vector exp, sigmoid, softmax and erf
+(`fast_math`). The rules (`rules`) then give each kernel a schedule at compile time, the way
+TVM's dlight rules do (`ApplyDefaultSchedule` after legalize): register and cache tiling of
+contractions (packed conv, depthwise conv, matmul, batch matmul, pooling) with their elementwise
 epilogues fused into the tile, parallel outer loops, vectors of the target's width, unrolled inner
 reductions. Like `passc.lowering`, this package imports TVM; only the lowering imports it.
 """
