@@ -88,7 +88,7 @@ def _legalize(mod: Any, target: Any) -> Any:
         if _schedules_enabled():
             from passc.schedules import legalize_passes
 
-            legalize = legalize_passes()  # conv2d with packed weights, for passc's conv schedule
+            legalize = legalize_passes()  # packed convs and vector exp/erf, for passc's rules
         else:
             legalize = cpu_generic.legalize_passes(target)
         phases = cpu_generic.library_dispatch_passes(target) + legalize

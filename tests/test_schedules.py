@@ -271,7 +271,7 @@ def test_vector_exp_is_within_two_ulp_of_the_exact_exp() -> None:
     assert np.max(np.abs(result.numpy() - exact) / exact) <= 2 * 2.0**-24
 
 
-def test_vector_erf_is_within_4e_7_of_the_exact_erf(tmp_path: Path) -> None:
+def test_vector_erf_is_within_4e_7_of_the_exact_erf() -> None:
     """GELU's erf, legalized through passc's legalize phases, against scipy's double-precision erf."""
     import scipy.special
     from tvm import relax

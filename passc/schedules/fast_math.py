@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import tvm
 from tvm import relax, te, tirx, topi
 
 __all__ = ["FAST_MATH", "exp32"]
@@ -49,14 +48,6 @@ def exp32(value: tirx.PrimExpr) -> tirx.PrimExpr:
     return (q * r * r + r + f32(1.0)) * two_to_n
 
 
-def _default(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(bb, call)
-
-
-def _is_float32(call: relax.Call) -> bool:
-    return str(call.args[0].ty.dtype) == "float32"
-
-
 def _exp(x: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: exp32(x(*i)), name="exp")
 
@@ -71,34 +62,22 @@ def _softmax(x: te.Tensor, axis: int) -> te.Tensor:
     return topi.divide(exp, topi.sum(exp, axis=axis, keepdims=True))
 
 
-def _legalize_exp(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    if not _is_float32(call):
-        return _default(bb, call)
-    return bb.call_te(_exp, call.args[0], primfunc_name_hint="exp")
+def _float32_only(compute: Any, name: str, attrs: Any = lambda call: ()) -> Any:
+    """A legalization calling `compute` on a float32 operand (and `attrs(call)`); None (TVM's own
+    legalization) for other dtypes."""
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+        if str(call.args[0].ty.dtype) != "float32":
+            return None
+        return bb.call_te(compute, call.args[0], *attrs(call), primfunc_name_hint=name)
+
+    return legalize
 
 
-def _legalize_sigmoid(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    if not _is_float32(call):
-        return _default(bb, call)
-    return bb.call_te(_sigmoid, call.args[0], primfunc_name_hint="sigmoid")
-
-
-def _legalize_softmax(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    if not _is_float32(call):
-        return _default(bb, call)
-    return bb.call_te(_softmax, call.args[0], int(call.attrs.axis), primfunc_name_hint="softmax")
-
-
-def _legalize_erf(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    if not _is_float32(call):
-        return _default(bb, call)
-    return bb.call_te(topi.fast_erf, call.args[0], primfunc_name_hint="erf")
-
-
-# Relax op → legalization, for `LegalizeOps(customize_legalize_map=...)`.
+# Relax op → legalization, or None where TVM's own applies (`passc.schedules.legalize`).
 FAST_MATH: dict[str, Any] = {
-    "relax.exp": _legalize_exp,
-    "relax.sigmoid": _legalize_sigmoid,
-    "relax.nn.softmax": _legalize_softmax,
-    "relax.erf": _legalize_erf,
+    "relax.exp": _float32_only(_exp, "exp"),
+    "relax.sigmoid": _float32_only(_sigmoid, "sigmoid"),
+    "relax.nn.softmax": _float32_only(_softmax, "softmax", lambda call: (int(call.attrs.axis),)),
+    "relax.erf": _float32_only(topi.fast_erf, "erf"),
 }

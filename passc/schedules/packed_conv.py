@@ -89,11 +89,12 @@ def _lanes_for(call: relax.Call, target: Target) -> int | None:
     return next((v for v in (lanes, lanes // 2) if v >= 4 and weight.value.shape[0] % v == 0), None)
 
 
-def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """The packed conv for this conv2d, or None (TVM's own legalization) where it does not apply."""
     target = Target.current(allow_none=True)
     lanes = _lanes_for(call, target) if target is not None else None
     if lanes is None:
-        return tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
+        return None
     attrs = call.attrs
     packed = relax.const(pack_weight(call.args[1].value.numpy(), lanes))
     return bb.call_te(

@@ -435,9 +435,10 @@ class PackedConv(_Rule):
             return None
         lanes = int(next(r for r in sch.get(main.rv).reads if len(r.region) == 5).source.shape[-1])
         n, o, y, x, i, kh, kw = sch.get_loops(main.rv)
+        channel_blocks = main.extents[1] // lanes
         blocks_o, lane = sch.split(o, [None, lanes])
-        rows, vectors = conv_tile(main.extents[3], main.extents[1] // lanes, spec)
-        outer_o, vector = sch.split(blocks_o, _tile(sch, blocks_o, main.extents[1] // lanes, vectors))
+        rows, vectors = conv_tile(main.extents[3], channel_blocks, spec)
+        outer_o, vector = sch.split(blocks_o, _tile(sch, blocks_o, channel_blocks, vectors))
         outer_x, row = sch.split(x, _tile(sch, x, main.extents[3], rows))
         sch.reorder(n, outer_o, y, outer_x, i, kh, kw, row, vector, lane)
         tile = sch.fuse(n, outer_o, y, outer_x)
