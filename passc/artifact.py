@@ -183,8 +183,8 @@ class Artifact:
             if self._host_module is None:
                 # TVM reads TVM_NUM_THREADS once, when the process first runs a parallel kernel.
                 os.environ.setdefault("TVM_NUM_THREADS", str(self.threads))
-                self._host_module = HostModule(self.path / LIBRARY)
-            results = self._host_module(ENTRY, *arrays, *self.params)
+                self._host_module = HostModule(self.path / LIBRARY, {ENTRY: self.params})
+            results = self._host_module(ENTRY, *arrays)
         else:
             raise UsageError(
                 f"{self.path} is built for {self.target.arch}; run it under emulation with "

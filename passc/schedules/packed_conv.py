@@ -30,7 +30,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.target import Target
 
-from passc.schedules.rules import PACKED_CONV, _for_bits, cpu_spec
+from passc.schedules.rules import PACKED_CONV, POINTWISE_CONV, _for_bits, cpu_spec
 
 __all__ = ["legalize_conv2d", "pack_weight"]
 
@@ -67,6 +67,33 @@ def _packed_conv2d(
     )
 
 
+def _pointwise_conv2d(data: te.Tensor, transposed: te.Tensor) -> te.Tensor:
+    """A 1×1 conv at stride 1 without padding, with its weight transposed to T[I, O]:
+    Y[n, o, y, x] = Σ_i X[n, i, y, x] · T[i, o], a matrix product over the pixels of each plane."""
+    batch, _, height, width = (int(d) for d in data.shape)
+    in_channels, out_channels = (int(d) for d in transposed.shape)
+    i = te.reduce_axis((0, in_channels), "i")
+    return te.compute(
+        (batch, out_channels, height, width),
+        lambda n, o, y, x: te.sum(data[n, i, y, x] * transposed[i, o], axis=[i]),
+        name=POINTWISE_CONV,
+    )
+
+
+def _is_pointwise(call: relax.Call, lanes: int) -> bool:
+    """A 1×1 conv at stride 1 without padding over planes of a whole number of vectors: the
+    `PointwiseConv` schedule's case (vectors along the plane, stores straight into NCHW)."""
+    attrs = call.attrs
+    _, _, kernel_h, kernel_w = (int(d) for d in call.args[1].value.shape)
+    _, _, height, width = (int(d) for d in call.args[0].ty.shape)
+    return (
+        (kernel_h, kernel_w) == (1, 1)
+        and all(int(s) == 1 for s in attrs.strides)
+        and all(int(p) == 0 for p in attrs.padding)
+        and (height * width) % lanes == 0
+    )
+
+
 def _lanes_for(call: relax.Call, target: Target) -> int | None:
     """The pack width for this conv2d, or None when it stays TVM's conv2d."""
     attrs = call.attrs
@@ -84,6 +111,8 @@ def _lanes_for(call: relax.Call, target: Target) -> int | None:
         return None
     if target.kind.name != "llvm" or len(weight.value.shape) != 4:
         return None
+    if any(not isinstance(d, tvm.tirx.IntImm) for d in data.ty.shape):
+        return None
     lanes = _for_bits(cpu_spec(target), int(dtype[len("float") :])).lanes
     # A full vector, else half of one (MobileNet's 24 channels on AVX-512: 3 vectors of 8).
     return next((v for v in (lanes, lanes // 2) if v >= 4 and weight.value.shape[0] % v == 0), None)
@@ -96,7 +125,11 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | No
     if lanes is None:
         return None
     attrs = call.attrs
-    packed = relax.const(pack_weight(call.args[1].value.numpy(), lanes))
+    weight = call.args[1].value.numpy()
+    if _is_pointwise(call, lanes):
+        transposed = relax.const(np.ascontiguousarray(weight[:, :, 0, 0].T))
+        return bb.call_te(_pointwise_conv2d, call.args[0], transposed, primfunc_name_hint="conv2d_pointwise")
+    packed = relax.const(pack_weight(weight, lanes))
     return bb.call_te(
         _packed_conv2d,
         call.args[0],
