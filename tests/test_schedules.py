@@ -77,12 +77,21 @@ class _Attention(nn.Module):
         return x + self.mlp(x)
 
 
+class _BoxSoftmax(nn.Module):
+    """YOLO's distribution focal loss head: a softmax over 16 bins that are not the innermost axis,
+    weighted per bin (the softmax's reductions run over axis 1 of [1, 16, 4, boxes])."""
+
+    def forward(self, x):
+        return torch.softmax(x, dim=1) * torch.arange(16.0).reshape(1, 16, 1, 1)
+
+
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
     "separable-wide": (_Separable, (1, 8, 48, 48)),  # depthwise outputs 48 and 24 wide
     "attention": (_Attention, (2, 12, 32)),
     "attention-13": (_Attention, (1, 13, 32)),  # a prime token count: the matmuls get padded
+    "box-softmax": (_BoxSoftmax, (1, 16, 4, 30)),
 }
 
 
@@ -312,3 +321,54 @@ def test_wide_depthwise_convs_take_the_loop_vectorized_schedule(
         ]
         assert len(depthwise) == 2  # the stride-1 and the stride-2 depthwise conv
         assert all((WideDepthwise().apply(f, target, False) is not None) == wide for f in depthwise)
+
+
+@pytest.mark.parametrize(
+    ("plane", "channels", "spec", "tile"),
+    [
+        ((56, 56), 144, CPUSpec(16, 32), (16, 7, 3)),  # 2 rows of 56: 7 vectors × 3 channels
+        ((112, 112), 96, CPUSpec(16, 32), (16, 7, 3)),  # one row of 112
+        ((40, 40), 64, CPUSpec(16, 32), (16, 5, 4)),  # 2 rows of 40: 5 vectors × 4 channels
+        ((14, 14), 576, CPUSpec(16, 32), None),  # 196 pixels: no whole number of 8 or 16 lanes
+        ((56, 56), 24, CPUSpec(8, 16), (8, 1, 12)),  # AVX2's 16 registers: 12 channels × 1 vector
+    ],
+)
+def test_pointwise_tile(plane: tuple[int, int], channels: int, spec: CPUSpec, tile: tuple | None) -> None:
+    from passc.schedules import pointwise_tile
+
+    assert pointwise_tile(*plane, channels, spec) == tile
+
+
+def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from passc.schedules import legalize_passes
+
+    mod = from_onnx(onnx.load(_export(name, tmp_path)), keep_params_in_input=False)
+    with target:
+        mod = tvm.transform.Sequential(legalize_passes())(mod)
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_pointwise_convs_take_the_pixel_vector_schedule(tmp_path: Path) -> None:
+    """separable-wide's expand and project convs are 1×1 at stride 1 over 48×48 planes."""
+    from passc.schedules.rules import PointwiseConv
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    kernels = _legalized("separable-wide", tmp_path, target)
+    pointwise = [f for name, f in kernels.items() if "conv2d_pointwise" in name]
+    assert len(pointwise) == 2, sorted(kernels)
+    with target:
+        assert all(PointwiseConv().apply(f, target, False) is not None for f in pointwise)
+
+
+def test_softmax_over_a_middle_axis_takes_the_axis_reduction_schedule(tmp_path: Path) -> None:
+    from passc.schedules.rules import AxisReduction
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    kernels = _legalized("box-softmax", tmp_path, target)
+    softmax = [f for name, f in kernels.items() if "softmax" in name]
+    assert len(softmax) == 1, sorted(kernels)
+    with target:
+        assert AxisReduction().apply(softmax[0], target, False) is not None

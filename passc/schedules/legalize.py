@@ -1,9 +1,10 @@
 """The Relax phases that turn ops into the PrimFuncs passc's rules schedule.
 
 TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of five ops
-replaced where passc's apply: conv2d by the packed conv (`passc.schedules.packed_conv`), and
-float32 exp, sigmoid, softmax and erf by vector arithmetic (`passc.schedules.fast_math`). Each of
-passc's legalizations returns None where it does not apply, and the op gets TVM's own.
+replaced where passc's apply: conv2d by the packed or the pointwise conv
+(`passc.schedules.packed_conv`), and float32 exp, sigmoid, softmax and erf by vector arithmetic
+(`passc.schedules.fast_math`). Each of passc's legalizations returns None where it does not
+apply, and the op gets TVM's own.
 """
 
 from __future__ import annotations

@@ -19,6 +19,14 @@ The packing happens at legalization (`passc.schedules.legalize`): a conv2d whose
 constant, with one group, NCHW/OIHW layouts, float operands of one type and an output-channel
 count that is a multiple of V (or of V/2, which then packs half vectors) becomes the packed
 conv; every other conv2d legalizes as TVM's own.
+
+One case of those legalizes differently: a 1×1 conv at stride 1 without padding, over planes of a
+whole number of vectors, is a matrix product over each plane's pixels,
+
+    Y[n, o, y, x] = Σ_i X[n, i, y, x] · T[i, o]          (T = W[:, :, 0, 0] transposed once)
+
+which `PointwiseConv` vectorizes along the pixels (x): its loads and its epilogue's stores are
+contiguous in NCHW, where the packed conv's channel vectors would need a transpose per output.
 """
 
 from __future__ import annotations
