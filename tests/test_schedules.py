@@ -140,6 +140,8 @@ def test_every_kernel_of_the_conv_net_is_scheduled(tmp_path: Path) -> None:
     packed = [name for name in kernels if "conv2d_packed" in name]
     plain = [name for name in kernels if "conv2d" in name and name not in packed]
     assert len(packed) == 4 and len(plain) == 1, sorted(kernels)
+    # The 12 → 10 classifier is one row times a constant: packed panels of 64 columns, 54 padding.
+    assert len([name for name in kernels if "dense_packed" in name]) == 1, sorted(kernels)
 
 
 def test_pack_weight_blocks_output_channels_into_vectors() -> None:
@@ -150,6 +152,17 @@ def test_pack_weight_blocks_output_channels_into_vectors() -> None:
     assert packed.shape == (2, 3, 2, 2, 4) and packed.flags["C_CONTIGUOUS"]
     for o, i, kh, kw in np.ndindex(weight.shape):
         assert packed[o // 4, i, kh, kw, o % 4] == weight[o, i, kh, kw]
+
+
+def test_pack_panels_pads_the_last_panel_with_zeros() -> None:
+    from passc.schedules.packed_dense import pack_panels
+
+    matrix = np.arange(3 * 10, dtype=np.float32).reshape(3, 10) + 1
+    packed = pack_panels(matrix, 4)
+    assert packed.shape == (3, 3, 4) and packed.flags["C_CONTIGUOUS"]
+    for k, n in np.ndindex(matrix.shape):
+        assert packed[n // 4, k, n % 4] == matrix[k, n]
+    assert not packed[2, :, 2:].any()  # columns 10 and 11 do not exist
 
 
 @pytest.mark.parametrize(

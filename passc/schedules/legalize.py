@@ -1,8 +1,9 @@
 """The Relax phases that turn ops into the PrimFuncs passc's rules schedule.
 
-TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of five ops
+TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of six ops
 replaced where passc's apply: conv2d by the packed or the pointwise conv
-(`passc.schedules.packed_conv`), and float32 exp, sigmoid, softmax and erf by vector arithmetic
+(`passc.schedules.packed_conv`), a one-row matmul by a constant by packed panels
+(`passc.schedules.packed_dense`), and float32 exp, sigmoid, softmax and erf by vector arithmetic
 (`passc.schedules.fast_math`). Each of passc's legalizations returns None where it does not
 apply, and the op gets TVM's own.
 """
@@ -16,6 +17,7 @@ from tvm import relax
 
 from passc.schedules.fast_math import FAST_MATH
 from passc.schedules.packed_conv import legalize_conv2d
+from passc.schedules.packed_dense import legalize_matmul
 
 __all__ = ["legalize_passes"]
 
@@ -30,13 +32,15 @@ def _or_tvm(legalize: Any) -> Any:
     return legalize_or_tvm
 
 
-LEGALIZATIONS = {"relax.nn.conv2d": legalize_conv2d, **FAST_MATH}
+LEGALIZATIONS = {"relax.nn.conv2d": legalize_conv2d, "relax.matmul": legalize_matmul, **FAST_MATH}
 
 
 def legalize_passes() -> list[Any]:
-    """Legalize, annotate op patterns, fold constants, fuse. Run under the target: it sets the
-    packed conv's vector width."""
+    """Fold constants, legalize, annotate op patterns, fold constants, fuse. Run under the target:
+    it sets the packed conv's vector width. The first fold turns a transposed constant weight (a
+    Gemm's) into a constant, so the packed legalizations see it."""
     return [
+        relax.transform.FoldConstant(),
         relax.transform.LegalizeOps(
             customize_legalize_map={op: _or_tvm(legalize) for op, legalize in LEGALIZATIONS.items()}
         ),

@@ -24,6 +24,7 @@ _REFUSALS = (RuntimeError, ValueError, TypeError, IndexError)
 
 __all__ = [
     "PACKED_CONV",
+    "PACKED_DENSE",
     "POINTWISE_CONV",
     "AxisReduction",
     "CPUSpec",
@@ -405,6 +406,8 @@ def _is_copy(sch: s_tir.Schedule, block: Any) -> bool:
 PACKED_CONV = "conv2d_nchw_packed"
 # The reduction block of its 1×1 conv at stride 1 (`_pointwise_conv2d`), which `PointwiseConv` takes.
 POINTWISE_CONV = "conv2d_nchw_pointwise"
+# The reduction block of `passc.schedules.packed_dense` (a row times packed panels; `Contraction`).
+PACKED_DENSE = "dense_packed"
 
 
 def conv_tile(out_width: int, vector_blocks: int, spec: CPUSpec) -> tuple[int, int]:
