@@ -12,7 +12,8 @@ tune` on each model with that budget (2 threads, the host target's), adding to t
 
 Then, for each thread count, one worker process (TVM reads TVM_NUM_THREADS once per process) runs
 the artifacts and onnxruntime (intra_op_num_threads = TVM_NUM_THREADS, inter_op 1) on the original
-ONNX model, interleaved, one warm-up each then --runs timed runs, and reports the medians and the
+ONNX model, interleaved (each run after a pause of PAUSE_S, so that no engine's spinning threads
+slow the next), one warm-up each then --runs timed runs, and reports the medians and the
 passc outputs' max relative error against onnxruntime. The table gives passc / onnxruntime latency
 (below 1 is faster than onnxruntime) for the default schedules and tuned, and untuned / default
 (the schedules' speed-up), with geometric means per thread count.
@@ -48,6 +49,11 @@ DEFAULT = ["resnet18", "mobilenetv2", "bert-encoder", "yolov8n-style"]
 ENGINES = ("untuned", "passc", "tuned", "onnxruntime")
 ARTIFACTS = ("untuned", "passc", "tuned")
 RECORDS = Path(__file__).parent / "records"
+# Both thread pools spin a while after a run before their workers sleep: onnxruntime's (its
+# default) and TVM's (TVM_THREAD_POOL_SPIN_COUNT). With 2 threads on 2 cores, an engine timed right
+# after the other ran 3-4x slower (YOLO: passc 64 ms just after onnxruntime, 18 ms after a pause;
+# onnxruntime 48 ms 50 ms after passc, 17 ms after 200 ms). Every timed run waits this long first.
+PAUSE_S = 0.25
 
 
 def _target(mcpu: str | None):
@@ -114,6 +120,7 @@ def _worker(spec: dict) -> dict:
         run()  # warm-up: first-call allocation and thread pool start
     for _ in range(spec["runs"]):
         for name, run in engines.items():  # interleaved, so load changes hit every engine alike
+            time.sleep(PAUSE_S)  # the previous engine's idle workers stop spinning
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
