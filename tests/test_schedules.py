@@ -85,6 +85,13 @@ class _BoxSoftmax(nn.Module):
         return torch.softmax(x, dim=1) * torch.arange(16.0).reshape(1, 16, 1, 1)
 
 
+class _Pools(nn.Module):
+    """ResNet's 3×3 stride-2 max pool, then a 2×2 average pool: outputs 50 and 25 columns wide."""
+
+    def forward(self, x):
+        return nn.functional.avg_pool2d(nn.functional.max_pool2d(x, 3, 2, 1), 2)
+
+
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
@@ -92,6 +99,7 @@ MODELS = {
     "attention": (_Attention, (2, 12, 32)),
     "attention-13": (_Attention, (1, 13, 32)),  # a prime token count: the matmuls get padded
     "box-softmax": (_BoxSoftmax, (1, 16, 4, 30)),
+    "pools-wide": (_Pools, (1, 4, 100, 100)),
 }
 
 
@@ -385,3 +393,14 @@ def test_softmax_over_a_middle_axis_takes_the_axis_reduction_schedule(tmp_path: 
     assert len(softmax) == 1, sorted(kernels)
     with target:
         assert AxisReduction().apply(softmax[0], target, False) is not None
+
+
+def test_wide_pools_take_the_loop_vectorized_schedule(tmp_path: Path) -> None:
+    from passc.schedules.rules import WideDepthwise
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    kernels = _legalized("pools-wide", tmp_path, target)
+    pools = [f for name, f in kernels.items() if "pool" in name]
+    assert len(pools) == 2, sorted(kernels)
+    with target:
+        assert all(WideDepthwise().apply(f, target, False) is not None for f in pools)
