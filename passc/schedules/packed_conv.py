@@ -38,7 +38,7 @@ import tvm
 from tvm import relax, te, topi
 from tvm.target import Target
 
-from passc.schedules.rules import PACKED_CONV, POINTWISE_CONV, _for_bits, cpu_spec
+from passc.schedules.rules import PACKED_CONV, POINTWISE_CONV, CPUSpec, _for_bits, cpu_spec, pointwise_tile
 
 __all__ = ["legalize_conv2d", "pack_weight"]
 
@@ -88,17 +88,17 @@ def _pointwise_conv2d(data: te.Tensor, transposed: te.Tensor) -> te.Tensor:
     )
 
 
-def _is_pointwise(call: relax.Call, lanes: int) -> bool:
-    """A 1×1 conv at stride 1 without padding over planes of a whole number of vectors: the
+def _is_pointwise(call: relax.Call, spec: CPUSpec) -> bool:
+    """A 1×1 conv at stride 1 without padding whose plane `pointwise_tile` can tile: the
     `PointwiseConv` schedule's case (vectors along the plane, stores straight into NCHW)."""
     attrs = call.attrs
-    _, _, kernel_h, kernel_w = (int(d) for d in call.args[1].value.shape)
+    out_channels, _, kernel_h, kernel_w = (int(d) for d in call.args[1].value.shape)
     _, _, height, width = (int(d) for d in call.args[0].ty.shape)
     return (
         (kernel_h, kernel_w) == (1, 1)
         and all(int(s) == 1 for s in attrs.strides)
         and all(int(p) == 0 for p in attrs.padding)
-        and (height * width) % lanes == 0
+        and pointwise_tile(height, width, out_channels, spec) is not None
     )
 
 
@@ -134,7 +134,8 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | No
         return None
     attrs = call.attrs
     weight = call.args[1].value.numpy()
-    if _is_pointwise(call, lanes):
+    spec = _for_bits(cpu_spec(target), int(str(call.args[1].ty.dtype)[len("float") :]))
+    if _is_pointwise(call, spec):
         transposed = relax.const(np.ascontiguousarray(weight[:, :, 0, 0].T))
         return bb.call_te(_pointwise_conv2d, call.args[0], transposed, primfunc_name_hint="conv2d_pointwise")
     packed = relax.const(pack_weight(weight, lanes))
