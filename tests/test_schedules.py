@@ -404,3 +404,77 @@ def test_wide_pools_take_the_loop_vectorized_schedule(tmp_path: Path) -> None:
     assert len(pools) == 2, sorted(kernels)
     with target:
         assert all(WideDepthwise().apply(f, target, False) is not None for f in pools)
+
+
+def _int8_matmul(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """ONNX MatMulInteger: int8 [8, 256] × a constant int8 [256, 64] into int32; and an input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-128, 128, (256, 64)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "int8",
+        [helper.make_tensor_value_info("a", TensorProto.INT8, [8, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [8, 64])],
+        [numpy_helper.from_array(weight, "b")],
+    )
+    path = tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path, rng.integers(-128, 128, (8, 256)).astype(np.int8)
+
+
+def _disassembly(objdump: str, library: Path) -> str:
+    import subprocess
+
+    return subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
+
+
+def test_int8_matmul_stays_int8_and_matches_onnxruntime_exactly(tmp_path: Path) -> None:
+    """MatMulInteger's int8 operands reach the kernel as int8 (not widened to int32 first), the
+    `Int8Dot` rule schedules it, and the int32 result is onnxruntime's bit for bit. On x86 LLVM
+    sums the byte products with `pmaddwd` (SSE2) / `vpmaddwd` (AVX2, AVX-512)."""
+    import re
+    import shutil
+
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from passc.schedules import legalize_passes
+    from passc.schedules.rules import Int8Dot
+
+    path, a = _int8_matmul(tmp_path)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    with target:
+        mod = tvm.transform.Sequential(legalize_passes())(from_onnx(onnx.load(path)))
+    kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert list(kernels) == ["matmul_int8"]
+    func = kernels["matmul_int8"]
+    signature = func.script().split("def main(", 1)[1].split("):", 1)[0]
+    assert signature.count('"int8")') == 2 and signature.count('"int32")') == 1, signature
+    with target:
+        assert Int8Dot().apply(func, target, False) is not None
+
+    artifact = passc.compile(path, target="host", output=tmp_path / "host")
+    expected = oracle.run_onnxruntime(load_model(path).model, {"a": a})["y"]
+    np.testing.assert_array_equal(artifact.run({"a": a})["y"], expected)
+    objdump = shutil.which("objdump")
+    if objdump is not None:
+        assert re.search(r"\bv?pmaddwd\b", _disassembly(objdump, artifact.path / "model.so"))
+
+
+def test_int8_matmul_uses_sdot_on_cortex_a76(tmp_path: Path) -> None:
+    """rpi5 has Armv8.2's dotprod: the int8 products are summed by `sdot`, and the result run
+    under qemu is onnxruntime's bit for bit."""
+    import re
+    import shutil
+
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump is None:
+        pytest.skip("aarch64-linux-gnu-objdump (binutils-aarch64-linux-gnu) is not installed")
+    path, a = _int8_matmul(tmp_path)
+    artifact = passc.compile(path, target="rpi5", output=tmp_path / "rpi5", bundle=True)
+    assert re.search(r"\bsdot\s+v\d+\.4s", _disassembly(objdump, artifact.path / "model.so"))
+    expected = oracle.run_onnxruntime(load_model(path).model, {"a": a})["y"]
+    np.testing.assert_array_equal(artifact.run({"a": a}, emulate=True)["y"], expected)

@@ -2,7 +2,9 @@
 
 TVM legalizes every Relax op into naive TIR loops. `legalize_passes` first changes what some ops
 legalize to: conv2d with packed weights, or a 1×1 conv at stride 1 as a product over the pixels
-(`packed_conv`), and vector exp, sigmoid, softmax and erf (`fast_math`). The rules (`rules`) then
+(`packed_conv`), a one-row matmul by a constant with the matrix in panels (`packed_dense`), an int8
+matmul (ONNX MatMulInteger) kept int8 for the CPU's dot products (`int8_matmul`), and vector exp,
+sigmoid, softmax and erf (`fast_math`). The rules (`rules`) then
 give each kernel a schedule at compile time, the way TVM's dlight rules do (`ApplyDefaultSchedule`
 after legalize): register and cache tiling of contractions (packed and pointwise conv, depthwise
 conv, matmul, batch matmul, pooling) with their elementwise epilogues fused into the tile,
@@ -19,6 +21,7 @@ from passc.schedules.rules import (
     Contraction,
     CPUSpec,
     Elementwise,
+    Int8Dot,
     PackedConv,
     PointwiseConv,
     conv_tile,
@@ -35,6 +38,7 @@ __all__ = [
     "CPUSpec",
     "Contraction",
     "Elementwise",
+    "Int8Dot",
     "PACKED_CONV",
     "PackedConv",
     "PointwiseConv",

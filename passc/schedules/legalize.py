@@ -2,10 +2,11 @@
 
 TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of six ops
 replaced where passc's apply: conv2d by the packed or the pointwise conv
-(`passc.schedules.packed_conv`), a one-row matmul by a constant by packed panels
-(`passc.schedules.packed_dense`), and float32 exp, sigmoid, softmax and erf by vector arithmetic
-(`passc.schedules.fast_math`). Each of passc's legalizations returns None where it does not
-apply, and the op gets TVM's own.
+(`passc.schedules.packed_conv`), a matmul by a constant by int8 dot products
+(`passc.schedules.int8_matmul`, after `narrow_int8_matmul` has taken the int32 widening off its
+int8 operands) or, for one row, by packed panels (`passc.schedules.packed_dense`), and float32
+exp, sigmoid, softmax and erf by vector arithmetic (`passc.schedules.fast_math`). Each of
+passc's legalizations returns None where it does not apply, and the op gets TVM's own.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tvm
 from tvm import relax
 
 from passc.schedules.fast_math import FAST_MATH
+from passc.schedules.int8_matmul import legalize_int8_matmul, narrow_int8_matmul
 from passc.schedules.packed_conv import legalize_conv2d
 from passc.schedules.packed_dense import legalize_matmul
 
@@ -32,14 +34,28 @@ def _or_tvm(legalize: Any) -> Any:
     return legalize_or_tvm
 
 
-LEGALIZATIONS = {"relax.nn.conv2d": legalize_conv2d, "relax.matmul": legalize_matmul, **FAST_MATH}
+def _first(*legalizations: Any) -> Any:
+    """The first of `legalizations` that applies (returns an expression), else None."""
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+        return next((e for e in (f(bb, call) for f in legalizations) if e is not None), None)
+
+    return legalize
+
+
+LEGALIZATIONS = {
+    "relax.nn.conv2d": legalize_conv2d,
+    "relax.matmul": _first(legalize_int8_matmul, legalize_matmul),
+    **FAST_MATH,
+}
 
 
 def legalize_passes() -> list[Any]:
-    """Fold constants, legalize, annotate op patterns, fold constants, fuse. Run under the target:
-    it sets the packed conv's vector width. The first fold turns a transposed constant weight (a
-    Gemm's) into a constant, so the packed legalizations see it."""
+    """Narrow int8 matmuls, fold constants, legalize, annotate op patterns, fold constants, fuse.
+    Run under the target: it sets the packed conv's vector width. The first fold turns a
+    transposed constant weight (a Gemm's) into a constant, so the packed legalizations see it."""
     return [
+        narrow_int8_matmul,
         relax.transform.FoldConstant(),
         relax.transform.LegalizeOps(
             customize_legalize_map={op: _or_tvm(legalize) for op, legalize in LEGALIZATIONS.items()}

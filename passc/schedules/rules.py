@@ -23,6 +23,7 @@ from tvm.tirx.analysis import undefined_vars
 _REFUSALS = (RuntimeError, ValueError, TypeError, IndexError)
 
 __all__ = [
+    "INT8_DOT",
     "PACKED_CONV",
     "PACKED_DENSE",
     "POINTWISE_CONV",
@@ -33,6 +34,7 @@ __all__ = [
     "PointwiseConv",
     "WideDepthwise",
     "Elementwise",
+    "Int8Dot",
     "conv_tile",
     "pointwise_tile",
     "cpu_spec",
@@ -408,6 +410,8 @@ PACKED_CONV = "conv2d_nchw_packed"
 POINTWISE_CONV = "conv2d_nchw_pointwise"
 # The reduction block of `passc.schedules.packed_dense` (a row times packed panels; `Contraction`).
 PACKED_DENSE = "dense_packed"
+# The reduction block of `passc.schedules.int8_matmul` (int8 products summed in int32; `Int8Dot`).
+INT8_DOT = "matmul_int8"
 
 
 def conv_tile(out_width: int, vector_blocks: int, spec: CPUSpec) -> tuple[int, int]:
@@ -612,6 +616,33 @@ def _reduced_axis(reductions: list[_Block], last: _Block) -> int | None:
     return axes.pop() if len(axes) == 1 else None
 
 
+class Int8Dot(_Rule):
+    """An int8 matmul (`passc.schedules.int8_matmul`) with its epilogue: one parallel loop over the
+    outputs, each a dot product over k left innermost and unvectorized in TIR. LLVM's loop
+    vectorizer then sums the int8 products 16 bytes at a time (`sdot` with Armv8.2's dotprod,
+    `vpmaddwd` on x86); TIR's vectors would run along the outputs and widen every byte to int32.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = next((i for i, b in enumerate(blocks) if b.name == INT8_DOT), None)
+        if index is None or any(not b.injective for i, b in enumerate(blocks) if i != index):
+            return None
+        main = blocks[index]
+        if main.kinds != "S" * (len(main.kinds) - 1) + "R":
+            return None
+        consumers = _inline_injective(sch, blocks[index + 1 :])
+        if len(consumers) > 1:
+            return None
+        *spatial, k = sch.get_loops(main.rv)
+        outputs = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        if math.prod(main.extents[:-1]) * main.extents[-1] >= _PARALLEL_MIN:
+            sch.parallel(outputs)
+        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        sch.reverse_compute_at(epilogue, outputs)
+        sch.decompose_reduction(main.rv, k)
+        return sch
+
+
 # Depthwise convs at least this wide (output columns) take `WideDepthwise`'s schedule; narrower
 # ones (MobileNet's 14×14 and 7×7 stages) run faster with `Contraction`'s register tile.
 WIDE_DEPTHWISE = 24
@@ -664,6 +695,7 @@ def default_rules(spec: CPUSpec | None = None) -> list[ScheduleRule]:
     return [
         PackedConv(spec),
         PointwiseConv(spec),
+        Int8Dot(spec),
         WideDepthwise(spec),
         Contraction(spec),
         Elementwise(spec),
