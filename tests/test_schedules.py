@@ -372,38 +372,23 @@ def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def test_pointwise_convs_take_the_pixel_vector_schedule(tmp_path: Path) -> None:
-    """separable-wide's expand and project convs are 1×1 at stride 1 over 48×48 planes."""
-    from passc.schedules.rules import PointwiseConv
+@pytest.mark.parametrize(
+    ("name", "fragment", "rule", "count"),
+    [
+        ("separable-wide", "conv2d_pointwise", "PointwiseConv", 2),  # 1×1 convs over 48×48 planes
+        ("box-softmax", "softmax", "AxisReduction", 1),  # a softmax over axis 1 of 4
+        ("pools-wide", "pool", "WideDepthwise", 2),  # a max and an average pool, 50 and 25 wide
+    ],
+)
+def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule: str, count: int) -> None:
+    from passc.schedules import rules
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    kernels = _legalized("separable-wide", tmp_path, target)
-    pointwise = [f for name, f in kernels.items() if "conv2d_pointwise" in name]
-    assert len(pointwise) == 2, sorted(kernels)
+    kernels = _legalized(name, tmp_path, target)
+    chosen = [f for kernel, f in kernels.items() if fragment in kernel]
+    assert len(chosen) == count, sorted(kernels)
     with target:
-        assert all(PointwiseConv().apply(f, target, False) is not None for f in pointwise)
-
-
-def test_softmax_over_a_middle_axis_takes_the_axis_reduction_schedule(tmp_path: Path) -> None:
-    from passc.schedules.rules import AxisReduction
-
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    kernels = _legalized("box-softmax", tmp_path, target)
-    softmax = [f for name, f in kernels.items() if "softmax" in name]
-    assert len(softmax) == 1, sorted(kernels)
-    with target:
-        assert AxisReduction().apply(softmax[0], target, False) is not None
-
-
-def test_wide_pools_take_the_loop_vectorized_schedule(tmp_path: Path) -> None:
-    from passc.schedules.rules import WideDepthwise
-
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    kernels = _legalized("pools-wide", tmp_path, target)
-    pools = [f for name, f in kernels.items() if "pool" in name]
-    assert len(pools) == 2, sorted(kernels)
-    with target:
-        assert all(WideDepthwise().apply(f, target, False) is not None for f in pools)
+        assert all(getattr(rules, rule)().apply(f, target, False) is not None for f in chosen)
 
 
 def _int8_matmul(tmp_path: Path) -> tuple[Path, np.ndarray]:
