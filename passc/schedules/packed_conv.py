@@ -20,8 +20,8 @@ constant, with one group, NCHW/OIHW layouts, float operands of one type and an o
 count that is a multiple of V (or of V/2, which then packs half vectors) becomes the packed
 conv; every other conv2d legalizes as TVM's own.
 
-One case of those legalizes differently: a 1×1 conv at stride 1 without padding, over planes of a
-whole number of vectors, is a matrix product over each plane's pixels,
+One case of those legalizes differently: a 1×1 conv at stride 1 without padding, over planes that
+`pointwise_tile` can cut into whole vectors, is a matrix product over each plane's pixels,
 
     Y[n, o, y, x] = Σ_i X[n, i, y, x] · T[i, o]          (T = W[:, :, 0, 0] transposed once)
 
