@@ -500,6 +500,12 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
     return max(options)[2:] if options else None
 
 
+# An expanding pointwise conv whose output is larger than this writes a few output planes at a
+# time: MobileNetV2's 16→96 channels at 112² (4.8 MB) took 1.7 ms writing all 96 planes a row at a
+# time, 0.9 ms a plane at a time; convs whose input is the larger re-read it less pixel-major.
+_STREAMED_OUTPUT = 1 << 20
+
+
 class PointwiseConv(_Rule):
     """A 1×1 conv at stride 1 (`passc.schedules.packed_conv._pointwise_conv2d`) with its epilogue:
     a matrix product of the weight T[I, O] and the input's pixels X[i, y·W + x], vectorized along
@@ -508,7 +514,8 @@ class PointwiseConv(_Rule):
     reduction). Loops n, o, (y, x) are tiled as
         parallel(n · pixels/(vectors·lanes) · o/rows) · i · unroll(rows) · unroll(vectors) · vector(lanes)
     with `pointwise_tile`'s factors: each step of i loads `vectors` input vectors and broadcasts
-    `rows` weights, one fused multiply-add per accumulator.
+    `rows` weights, one fused multiply-add per accumulator. An expanding conv with a large output
+    runs o/rows outside the pixels instead (`_STREAMED_OUTPUT`).
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
@@ -528,8 +535,14 @@ class PointwiseConv(_Rule):
         pixels = height * width
         outer_p, vector, lane = sch.split(sch.fuse(y, x), [pixels // (vectors * lanes), vectors, lanes])
         outer_o, row = sch.split(o, _tile(sch, o, out_channels, rows))
-        sch.reorder(n, outer_p, outer_o, i, row, vector, lane)
-        tile_loop = sch.fuse(n, outer_p, outer_o)
+        in_channels = main.extents[4]
+        output_bytes = out_channels * pixels * sch.get(main.rv).writes[0].source.dtype.bits // 8
+        if out_channels > in_channels and output_bytes > _STREAMED_OUTPUT:
+            outer = [n, outer_o, outer_p]  # a few output planes at a time, each written in order
+        else:
+            outer = [n, outer_p, outer_o]  # a few input pixels at a time, used by every channel
+        sch.reorder(*outer, i, row, vector, lane)
+        tile_loop = sch.fuse(*outer)
         if int(sch.get(tile_loop).extent) > 1:
             sch.parallel(tile_loop)
 
@@ -655,9 +668,11 @@ class WideDepthwise(_Rule):
     interleaved vectors and shuffles (TIR's vectors would gather lane by lane). Each (kh, kw) tap
     sweeps one output row held in cache; channels run in parallel, each padding its own input
     plane first. Measured on AVX-512 against `Contraction`: 2–2.6× faster at 56 and 112 columns,
-    slower at 14 and 7 (`WIDE_DEPTHWISE`). A max or average pool (loops c, y, x, kh, kw) as wide
-    takes the same schedule: ResNet's 3×3 stride-2 max pool to 56 columns (one thread), 0.9–1.1 ms →
-    0.35–0.44 ms.
+    slower at 14 and 7 at stride 1 (`WIDE_DEPTHWISE`). At stride 2 it takes narrow outputs too,
+    where `Contraction`'s vectors would gather lane by lane: MobileNetV2's 192 channels from 28²
+    to 14², 205 → 81 µs; 576 from 14² to 7², 116 → 73 µs. Max and average pools (loops c, y, x,
+    kh, kw) as wide take the same schedule: ResNet's 3×3 stride-2 max pool to 56 columns,
+    0.9–1.1 ms → 0.35–0.44 ms (one thread).
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
@@ -667,8 +682,13 @@ class WideDepthwise(_Rule):
         main = blocks[index]
         depthwise = main.name.startswith("group_conv2d_nchw") and main.kinds == "SSSSRRR"
         pool = main.name.startswith(("pool_max", "pool_sum")) and main.kinds == "SSSSRR"
-        if not (depthwise or pool) or main.extents[3] < WIDE_DEPTHWISE:
-            return None  # not a depthwise conv or a pool, or narrow
+        if not (depthwise or pool):
+            return None
+        width = main.extents[3]
+        input_width = max(int(r.source.shape[-1]) for r in sch.get(main.rv).reads)
+        strided = depthwise and width >= 4 and input_width >= 2 * width
+        if width < WIDE_DEPTHWISE and not strided:
+            return None  # narrow, at stride 1
         if depthwise and main.extents[4] != 1:
             return None  # not one input channel per output channel
         consumers = _inline_injective(sch, blocks[index + 1 :])
