@@ -240,36 +240,48 @@ def test_register_tile(extents: list[int], spec: CPUSpec, kwargs: dict, factors:
     assert all(e % f == 0 for e, f in zip(extents, factors, strict=True))
 
 
-def _fp16_matmul(tmp_path: Path) -> Path:
+def _matmul_by(weight: np.ndarray, op: str, rows: int, out_type: int, path: Path) -> Path:
+    """A one-node ONNX model at `path`: `op` of an input a[rows, K] (the weight's type) and the
+    constant weight b[K, N], into y[rows, N] of ONNX type `out_type`."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float16)
+    in_type = helper.np_dtype_to_tensor_dtype(weight.dtype)
+    depth, count = weight.shape
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "fp16",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [16, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [16, 32])],
-        [numpy_helper.from_array(w, "w")],
+        [helper.make_node(op, ["a", "b"], ["y"])],
+        path.stem,
+        [helper.make_tensor_value_info("a", in_type, [rows, depth])],
+        [helper.make_tensor_value_info("y", out_type, [rows, count])],
+        [numpy_helper.from_array(weight, "b")],
     )
-    path = tmp_path / "fp16.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
+
+
+def _fp16_matmul(tmp_path: Path) -> Path:
+    from onnx import TensorProto
+
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float16)
+    return _matmul_by(weight, "MatMul", 16, TensorProto.FLOAT16, tmp_path / "fp16.onnx")
+
+
+def _disassembly(objdump: str, library: Path) -> str:
+    import subprocess
+
+    return subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
 
 
 def test_fp16_kernels_use_full_width_half_precision_fma_on_cortex_a76(tmp_path: Path) -> None:
     """rpi5 has +fullfp16: an fp16 matmul's vectors hold 8 halves, so its FMAs are `fmla vN.8h`."""
     import re
     import shutil
-    import subprocess
 
     objdump = shutil.which("aarch64-linux-gnu-objdump")
     if objdump is None:
         pytest.skip("aarch64-linux-gnu-objdump (binutils-aarch64-linux-gnu) is not installed")
     artifact = passc.compile(_fp16_matmul(tmp_path), target="rpi5", output=tmp_path / "art")
-    library = artifact.path / "model.so"
-    assembly = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True)
-    assert re.search(r"\bfmla\s+v\d+\.8h", assembly.stdout)
+    assert re.search(r"\bfmla\s+v\d+\.8h", _disassembly(objdump, artifact.path / "model.so"))
 
 
 def test_fp16_kernels_are_scheduled_at_twice_the_float32_lanes() -> None:
@@ -395,27 +407,12 @@ def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule:
 
 def _int8_matmul(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """ONNX MatMulInteger: int8 [8, 256] × a constant int8 [256, 64] into int32; and an input."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     rng = np.random.default_rng(0)
     weight = rng.integers(-128, 128, (256, 64)).astype(np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
-        "int8",
-        [helper.make_tensor_value_info("a", TensorProto.INT8, [8, 256])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [8, 64])],
-        [numpy_helper.from_array(weight, "b")],
-    )
-    path = tmp_path / "int8.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = _matmul_by(weight, "MatMulInteger", 8, TensorProto.INT32, tmp_path / "int8.onnx")
     return path, rng.integers(-128, 128, (8, 256)).astype(np.int8)
-
-
-def _disassembly(objdump: str, library: Path) -> str:
-    import subprocess
-
-    return subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
 
 
 def test_int8_matmul_stays_int8_and_matches_onnxruntime_exactly(tmp_path: Path) -> None:

@@ -102,39 +102,50 @@ def _is_pointwise(call: relax.Call, spec: CPUSpec) -> bool:
     )
 
 
-def _lanes_for(call: relax.Call, target: Target) -> int | None:
-    """The pack width for this conv2d, or None when it stays TVM's conv2d."""
+def float_spec(target: Target, out_dtype: Any, *operands: relax.Expr) -> CPUSpec | None:
+    """The target's vector shape for `operands` of one float type with that output type ("" or
+    None: the input type) and static shapes, scaled to the type's width; None for other operands or
+    a target that is not an LLVM CPU."""
+    dtype = str(operands[0].ty.dtype)
+    if dtype not in ("float16", "float32", "float64") or str(out_dtype) not in ("", "None", dtype):
+        return None
+    if any(str(x.ty.dtype) != dtype for x in operands) or target.kind.name != "llvm":
+        return None
+    if any(not isinstance(d, tvm.tirx.IntImm) for x in operands for d in x.ty.shape):
+        return None
+    return _for_bits(cpu_spec(target), int(dtype[len("float") :]))
+
+
+def _conv_spec(call: relax.Call, target: Target) -> CPUSpec | None:
+    """The vector shape for this conv2d, or None when it stays TVM's conv2d."""
     attrs = call.attrs
     data, weight = call.args
     if not isinstance(weight, tvm.ir.expr.Constant) or int(attrs.groups) != 1:
         return None
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
         return None
-    dtype = str(weight.ty.dtype)
-    if (
-        dtype not in ("float16", "float32", "float64")
-        or str(data.ty.dtype) != dtype
-        or str(attrs.out_dtype) not in ("", "None", dtype)  # None: the input type
-    ):
+    if len(weight.value.shape) != 4:
         return None
-    if target.kind.name != "llvm" or len(weight.value.shape) != 4:
-        return None
-    if any(not isinstance(d, tvm.tirx.IntImm) for d in data.ty.shape):
-        return None
-    lanes = _for_bits(cpu_spec(target), int(dtype[len("float") :])).lanes
-    # A full vector, else half of one (MobileNet's 24 channels on AVX-512: 3 vectors of 8).
-    return next((v for v in (lanes, lanes // 2) if v >= 4 and weight.value.shape[0] % v == 0), None)
+    return float_spec(target, attrs.out_dtype, data, weight)
+
+
+def _pack_lanes(spec: CPUSpec, out_channels: int) -> int | None:
+    """The pack width: a full vector, else half of one (MobileNet's 24 channels on AVX-512: 3
+    vectors of 8), dividing the output channels; None when neither does."""
+    return next((v for v in (spec.lanes, spec.lanes // 2) if v >= 4 and out_channels % v == 0), None)
 
 
 def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
     """The packed conv for this conv2d, or None (TVM's own legalization) where it does not apply."""
     target = Target.current(allow_none=True)
-    lanes = _lanes_for(call, target) if target is not None else None
+    spec = _conv_spec(call, target) if target is not None else None
+    if spec is None:
+        return None
+    weight = call.args[1].value.numpy()
+    lanes = _pack_lanes(spec, weight.shape[0])
     if lanes is None:
         return None
     attrs = call.attrs
-    weight = call.args[1].value.numpy()
-    spec = _for_bits(cpu_spec(target), int(str(call.args[1].ty.dtype)[len("float") :]))
     if _is_pointwise(call, spec):
         transposed = relax.const(np.ascontiguousarray(weight[:, :, 0, 0].T))
         return bb.call_te(_pointwise_conv2d, call.args[0], transposed, primfunc_name_hint="conv2d_pointwise")

@@ -29,7 +29,8 @@ import tvm
 from tvm import relax, te, topi
 from tvm.target import Target
 
-from passc.schedules.rules import PACKED_DENSE, _for_bits, cpu_spec
+from passc.schedules.packed_conv import float_spec
+from passc.schedules.rules import PACKED_DENSE
 
 __all__ = ["legalize_matmul", "pack_panels"]
 
@@ -61,17 +62,13 @@ def _panel_for(call: relax.Call, target: Target) -> int | None:
     data, matrix = call.args
     if not isinstance(matrix, tvm.ir.expr.Constant) or len(matrix.value.shape) != 2:
         return None
-    if target.kind.name != "llvm" or any(not isinstance(d, tvm.tirx.IntImm) for d in data.ty.shape):
-        return None
-    dtype = str(matrix.ty.dtype)
-    if dtype not in ("float16", "float32", "float64") or str(data.ty.dtype) != dtype:
-        return None
-    if str(call.attrs.out_dtype) not in ("", "None", dtype):
+    spec = float_spec(target, call.attrs.out_dtype, data, matrix)
+    if spec is None:
         return None
     shape = [int(d) for d in data.ty.shape]
     if not shape or math.prod(shape[:-1]) != 1:
         return None  # more than one row: a matrix product, TVM's matmul and `Contraction`
-    return _PANEL_VECTORS * _for_bits(cpu_spec(target), int(dtype[len("float") :])).lanes
+    return _PANEL_VECTORS * spec.lanes
 
 
 def legalize_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:

@@ -371,7 +371,7 @@ class Contraction(_Rule):
         if work >= _PARALLEL_MIN // 4 and int(sch.get(tile).extent) > 1:
             sch.parallel(tile)
 
-        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        epilogue = _epilogue(sch, main, consumers)
         sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
         epilogue_loops = sch.get_loops(epilogue)[1:]
         if epilogue_loops and int(sch.get(epilogue_loops[-1]).extent) > 1:
@@ -402,6 +402,21 @@ def _is_copy(sch: s_tir.Schedule, block: Any) -> bool:
     stmt = sch.get(block)
     shapes = {tuple(int(d) for d in region.source.shape) for region in stmt.reads}
     return len(stmt.reads) == 1 and shapes == {tuple(int(d) for d in stmt.writes[0].source.shape)}
+
+
+def _named_reduction(blocks: list[_Block], name: str) -> int | None:
+    """The index of the block called `name` (a legalization of passc's), if every other block of
+    the kernel is injective (its pads and epilogue); else None."""
+    index = next((i for i, b in enumerate(blocks) if b.name == name), None)
+    if index is None or any(not b.injective for i, b in enumerate(blocks) if i != index):
+        return None
+    return index
+
+
+def _epilogue(sch: s_tir.Schedule, main: _Block, consumers: list[_Block]) -> Any:
+    """The block that writes the kernel's output after `main`: its one consumer left after
+    inlining, or else a copy of `main`'s output (so `main` itself can keep its tile elsewhere)."""
+    return consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
 
 
 # The reduction block of `passc.schedules.packed_conv`'s conv2d, which `PackedConv` schedules.
@@ -437,8 +452,8 @@ class PackedConv(_Rule):
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
-        index = next((i for i, b in enumerate(blocks) if b.name == PACKED_CONV), None)
-        if index is None or any(not b.injective for i, b in enumerate(blocks) if i != index):
+        index = _named_reduction(blocks, PACKED_CONV)
+        if index is None:
             return None
         main = blocks[index]
         if main.kinds != "SSSSRRR":
@@ -458,7 +473,7 @@ class PackedConv(_Rule):
         if int(sch.get(tile).extent) > 1:
             sch.parallel(tile)
 
-        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        epilogue = _epilogue(sch, main, consumers)
         sch.transform_layout(main.rv, ("write", 0), lambda n, c, h, w: (n, h, w, c))
         sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
         sch.vectorize(lane)
@@ -519,8 +534,8 @@ class PointwiseConv(_Rule):
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
-        index = next((i for i, b in enumerate(blocks) if b.name == POINTWISE_CONV), None)
-        if index is None or any(not b.injective for i, b in enumerate(blocks) if i != index):
+        index = _named_reduction(blocks, POINTWISE_CONV)
+        if index is None:
             return None
         main = blocks[index]
         _, out_channels, height, width, _ = main.extents
@@ -546,7 +561,7 @@ class PointwiseConv(_Rule):
         if int(sch.get(tile_loop).extent) > 1:
             sch.parallel(tile_loop)
 
-        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        epilogue = _epilogue(sch, main, consumers)
         sch.reverse_compute_at(epilogue, tile_loop, preserve_unit_loops=True)
         *_, epilogue_y, epilogue_x = sch.get_loops(epilogue)
         _, epilogue_lane = sch.split(sch.fuse(epilogue_y, epilogue_x), [None, lanes])
@@ -637,8 +652,8 @@ class Int8Dot(_Rule):
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
-        index = next((i for i, b in enumerate(blocks) if b.name == INT8_DOT), None)
-        if index is None or any(not b.injective for i, b in enumerate(blocks) if i != index):
+        index = _named_reduction(blocks, INT8_DOT)
+        if index is None:
             return None
         main = blocks[index]
         if main.kinds != "S" * (len(main.kinds) - 1) + "R":
@@ -650,7 +665,7 @@ class Int8Dot(_Rule):
         outputs = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         if math.prod(main.extents[:-1]) * main.extents[-1] >= _PARALLEL_MIN:
             sch.parallel(outputs)
-        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        epilogue = _epilogue(sch, main, consumers)
         sch.reverse_compute_at(epilogue, outputs)
         sch.decompose_reduction(main.rv, k)
         return sch
@@ -699,7 +714,7 @@ class WideDepthwise(_Rule):
         sch.reorder(n, c, y, *window, x)
         plane = sch.fuse(n, c)
         sch.parallel(plane)
-        epilogue = consumers[0].rv if consumers else sch.cache_write(main.rv, 0, "global")
+        epilogue = _epilogue(sch, main, consumers)
         sch.reverse_compute_at(epilogue, y)
         if producers:
             sch.compute_at(producers[0].rv, plane)
