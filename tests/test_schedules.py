@@ -98,6 +98,7 @@ MODELS = {
     "separable-wide": (_Separable, (1, 8, 48, 48)),  # depthwise outputs 48 and 24 wide
     "attention": (_Attention, (2, 12, 32)),
     "attention-13": (_Attention, (1, 13, 32)),  # a prime token count: the matmuls get padded
+    "attention-41": (_Attention, (1, 41, 32)),  # softmax rows of 41: two partial chunks and a tail of 9
     "box-softmax": (_BoxSoftmax, (1, 16, 4, 30)),
     "pools-wide": (_Pools, (1, 4, 100, 100)),
 }
@@ -148,7 +149,7 @@ def test_every_kernel_of_the_conv_net_is_scheduled(tmp_path: Path) -> None:
     packed = [name for name in kernels if "conv2d_packed" in name]
     plain = [name for name in kernels if "conv2d" in name and name not in packed]
     assert len(packed) == 4 and len(plain) == 1, sorted(kernels)
-    # The 12 → 10 classifier is one row times a constant: packed panels of 64 columns, 54 padding.
+    # The 12 → 10 classifier is one row times a constant: one packed panel of 16 columns, 6 padding.
     assert len([name for name in kernels if "dense_packed" in name]) == 1, sorted(kernels)
 
 
@@ -160,6 +161,24 @@ def test_pack_weight_blocks_output_channels_into_vectors() -> None:
     assert packed.shape == (2, 3, 2, 2, 4) and packed.flags["C_CONTIGUOUS"]
     for o, i, kh, kw in np.ndindex(weight.shape):
         assert packed[o // 4, i, kh, kw, o % 4] == weight[o, i, kh, kw]
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "spec", "tile"),
+    [
+        (197, 1536, CPUSpec(16, 32), (6, 4)),  # ViT-S tokens: 198 rows, 4 vectors of 16
+        (128, 768, CPUSpec(16, 32), (4, 4)),  # BERT: 4 divides 128, 6 would pad to 132
+        (1, 1000, CPUSpec(16, 32), (1, 4)),  # a classifier: one row
+        (3, 10, CPUSpec(16, 32), (3, 1)),  # 10 columns: one vector, not 4 (64 columns, 54 padding)
+        (197, 1536, CPUSpec(8, 16), (6, 2)),  # AVX2: 6 × 2 vectors, 12 accumulators of 16 registers
+        (50, 256, CPUSpec(4, 32), (5, 4)),  # NEON: 5 divides 50
+    ],
+)
+def test_packed_dense_tile(rows: int, columns: int, spec: CPUSpec, tile: tuple[int, int]) -> None:
+    from passc.schedules.packed_dense import panel_vectors, row_tile
+
+    vectors = panel_vectors(columns, spec)
+    assert (row_tile(rows, vectors, spec), vectors) == tile
 
 
 def test_pack_panels_pads_the_last_panel_with_zeros() -> None:
@@ -392,6 +411,10 @@ def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
         ("separable-wide", "conv2d_pointwise", "PointwiseConv", 2),  # 1×1 convs over 48×48 planes
         ("box-softmax", "softmax", "AxisReduction", 1),  # a softmax over axis 1 of 4
         ("pools-wide", "pool", "WideDepthwise", 2),  # a max and an average pool, 50 and 25 wide
+        ("attention", "dense_packed", "PackedDense", 4),  # qkv, projection, MLP: rows of 2 × 12 tokens
+        ("attention-13", "dense_packed", "PackedDense", 4),  # 13 rows, padded to 15
+        ("attention-41", "softmax", "RowReduction", 1),  # over 41 keys
+        ("attention-41", "layer_norm", "RowReduction", 1),  # over 32 channels
     ],
 )
 def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule: str, count: int) -> None:

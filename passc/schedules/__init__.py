@@ -2,7 +2,8 @@
 
 TVM legalizes every Relax op into naive TIR loops. `legalize_passes` first changes what some ops
 legalize to: conv2d with packed weights, or a 1×1 conv at stride 1 as a product over the pixels
-(`packed_conv`), a one-row matmul by a constant with the matrix in panels (`packed_dense`), an int8
+(`packed_conv`), a matmul by a constant matrix with both operands packed for a register tile
+(`packed_dense`), an int8
 matmul (ONNX MatMulInteger) kept int8 for the CPU's dot products (`int8_matmul`), and vector exp,
 sigmoid, softmax and erf (`fast_math`). The rules (`rules`) then
 give each kernel a schedule at compile time, the way TVM's dlight rules do (`ApplyDefaultSchedule`
@@ -23,6 +24,7 @@ from passc.schedules.rules import (
     Elementwise,
     Int8Dot,
     PackedConv,
+    PackedDense,
     PointwiseConv,
     conv_tile,
     cpu_spec,
@@ -41,6 +43,7 @@ __all__ = [
     "Int8Dot",
     "PACKED_CONV",
     "PackedConv",
+    "PackedDense",
     "PointwiseConv",
     "cpu_spec",
     "default_rules",

@@ -1,40 +1,59 @@
-"""A vector times a constant matrix (a classifier's last layer) with the matrix packed in column panels.
+"""A matrix product by a constant matrix (a linear layer), both operands packed for a register tile.
 
-A matmul y = x · B with one row x[1, K] and a constant B[K, N] reads B once, so it runs at the
-speed B streams from memory. Plain B gives each tile of C output columns C·4 bytes of every one
-of B's K rows, N·4 bytes apart: K short strided reads that the prefetcher follows badly, and when
-N is no multiple of the vector (1000 classes) a tile of 25 columns, 1.6 vectors. Packing B once,
-at compile time, into panels of C = 4 vectors,
+y = x · B, with x[..., K] (M rows once its leading axes are flattened) and a constant B[K, N],
+is tiled as R rows × C columns of accumulators that stay in registers for the whole of k: each
+step loads C / lanes vectors of B, broadcasts R scalars of x and does R · C / lanes fused
+multiply-adds (R = 6, C = 4 vectors with 32 registers: 24 accumulators, 4 loads and a broadcast).
+Plain row-major operands feed that tile badly: each of B's K rows gives it C·4 bytes, N·4 bytes
+apart, and each of x's R rows is a separate stream. B is packed once, at compile time, into
+panels of C columns, and x at run time into tiles of R rows:
 
-    P[n // C, k, n % C] = B[k, n]    (n < N;  zero for N ≤ n < N' = C·⌈N / C⌉)
+    P[n // C, k, n % C] = B[k, n]            (zero for N ≤ n < N' = C·⌈N / C⌉)
+    T[m // R, k, m % R] = x[m, k]            (zero for M ≤ m < M' = R·⌈M / R⌉)
+    Y'[m, n] = Σ_k T[m // R, k, m % R] · P[n // C, k, n % C]
+    y[m, n] = Y'[m, n]                       (m < M, n < N; the leading axes restored)
 
-makes each tile's K × C weights one contiguous run, and the padded product
-
-    Y'[0, n] = Σ_k x[0, k] · P[n // C, k, n % C]          (n < N')
-
-has whole vectors only; the first N columns of Y' are y. `Contraction` schedules it as a tile of
-C columns, one vector load and fused multiply-add per vector per k. MobileNetV2's 1280 × 1000
-classifier on AVX-512, one thread: 645 → 220–240 µs (onnxruntime: 225–265 µs in the same runs).
+so a tile's K steps read one contiguous run of each. `PackedDense` schedules it, panels outermost
+(a panel stays in cache while every row tile passes over it). R is the row tile of `row_tile`:
+one row needs no tile (a classifier: MobileNetV2's 1280 × 1000 layer, 645 → 220–240 µs on
+AVX-512, onnxruntime 225–265 µs). Measured against TVM's matmul with `Contraction`'s schedule,
+one thread, AVX-512, interleaved with onnxruntime's MatMul + Add: ViT-S's 197 × 384 × 1536
+4.4 → 1.6 ms (onnxruntime 1.5–1.8), BERT's 128 × 3072 × 768 13.8 → 4.3 ms (onnxruntime 4.1).
 
 The legalization (`passc.schedules.legalize`) takes a float matmul whose second operand is a
-constant matrix and whose first has one row; every other matmul legalizes as TVM's own.
+constant matrix; every other matmul legalizes as TVM's own.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, te, topi
+from tvm import relax, te
 from tvm.target import Target
 
 from passc.schedules.packed_conv import float_spec
-from passc.schedules.rules import PACKED_DENSE
+from passc.schedules.rules import PACKED_DENSE, PACKED_ROWS, CPUSpec
 
-__all__ = ["legalize_matmul", "pack_panels"]
+__all__ = ["legalize_matmul", "pack_panels", "panel_vectors", "row_tile"]
 
-_PANEL_VECTORS = 4
+
+def panel_vectors(columns: int, spec: CPUSpec) -> int:
+    """Vectors in a panel: 4 with 32 registers, 2 with 16 (AVX2's 6 × 2 tile), fewer when B has
+    fewer columns (10 classes would pad to 64 on AVX-512 and take one vector)."""
+    return min(4 if spec.registers >= 32 else 2, -(-columns // spec.lanes))
+
+
+def row_tile(rows: int, vectors: int, spec: CPUSpec) -> int:
+    """R, the rows of the accumulator tile: all of them when fewer than 4; else the R from 4 up to
+    6 (and what the registers hold beside the loaded vectors and a broadcast) that pads M least,
+    the larger on a tie (197 tokens: 6, to 198; 128: 4, none)."""
+    limit = min(6, (spec.registers - vectors - 1) // vectors)
+    if rows < 4 or limit < 4:
+        return min(rows, max(1, limit))
+    return min(range(4, limit + 1), key=lambda r: (-(-rows // r) * r, -r))
 
 
 def pack_panels(matrix: np.ndarray, columns: int) -> np.ndarray:
@@ -45,46 +64,80 @@ def pack_panels(matrix: np.ndarray, columns: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(rows, -1, columns).transpose(1, 0, 2))
 
 
-def _packed_dense(data: te.Tensor, packed: te.Tensor) -> te.Tensor:
-    """Y' of the module docstring: `data` [..., K] (one row), `packed` [N' / C, K, C]."""
+def _unravel(flat: Any, shape: list[int]) -> list[Any]:
+    """The index into `shape` of row-major position `flat` (just `flat` on the one axis longer
+    than 1, if there is only one: TVM's region analysis then sees the rows as a plain range)."""
+    if sum(extent > 1 for extent in shape) <= 1:
+        return [flat if extent > 1 else 0 for extent in shape]
+    index = []
+    for extent in reversed(shape):
+        index.append(flat % extent)
+        flat = flat // extent
+    return index[::-1]
+
+
+def _ravel(index: tuple[Any, ...], shape: list[int]) -> Any:
+    """The row-major position of `index` into `shape` (the inverse of `_unravel`)."""
+    flat = 0
+    for i, extent in zip(index, shape, strict=True):
+        flat = flat * extent + i if extent > 1 else flat
+    return flat
+
+
+def _packed_dense(data: te.Tensor, packed: te.Tensor, rows: int, count: int) -> te.Tensor:
+    """y of the module docstring: `data` [..., K], `packed` [N' / C, K, C], R = `rows`, N = `count`."""
     *lead, depth = (int(d) for d in data.shape)
     panels, _, columns = (int(d) for d in packed.shape)
+    total = math.prod(lead)
+    padded = -(-total // rows) * rows
     k = te.reduce_axis((0, depth), "k")
-    return te.compute(
-        (*lead, panels * columns),
-        lambda *i: te.sum(data[(*i[:-1], k)] * packed[i[-1] // columns, k, i[-1] % columns], axis=k),
-        name=PACKED_DENSE,
-    )
+    if rows == 1:  # one row at a time: x needs no tile
+        product = te.compute(
+            (total, panels * columns),
+            lambda m, n: te.sum(data[(*_unravel(m, lead), k)] * packed[n // columns, k, n % columns], axis=k),
+            name=PACKED_DENSE,
+        )
+    else:
+        tiles = te.compute(
+            (padded // rows, depth, rows),
+            lambda t, kk, r: te.if_then_else(
+                t * rows + r < total, data[(*_unravel(t * rows + r, lead), kk)], tvm.tirx.const(0, data.dtype)
+            ),
+            name=PACKED_ROWS,
+        )
+        product = te.compute(
+            (padded, panels * columns),
+            lambda m, n: te.sum(tiles[m // rows, k, m % rows] * packed[n // columns, k, n % columns], axis=k),
+            name=PACKED_DENSE,
+        )
+    if padded == total and panels * columns == count and len(lead) == 1:
+        return product
+    return te.compute((*lead, count), lambda *i: product[_ravel(i[:-1], lead), i[-1]], name="dense_unpad")
 
 
-def _panel_for(call: relax.Call, target: Target) -> int | None:
-    """The panel width C for this matmul, or None when it stays TVM's matmul."""
+def _tile_for(call: relax.Call, target: Target) -> tuple[int, int] | None:
+    """(R, C) for this matmul, or None when it stays TVM's matmul."""
     data, matrix = call.args
     if not isinstance(matrix, tvm.ir.expr.Constant) or len(matrix.value.shape) != 2:
         return None
     spec = float_spec(target, call.attrs.out_dtype, data, matrix)
-    if spec is None:
+    shape = [int(d) for d in data.ty.shape] if spec is not None else []
+    if len(shape) < 2:
         return None
-    shape = [int(d) for d in data.ty.shape]
-    if not shape or math.prod(shape[:-1]) != 1:
-        return None  # more than one row: a matrix product, TVM's matmul and `Contraction`
-    return _PANEL_VECTORS * spec.lanes
+    vectors = panel_vectors(int(matrix.value.shape[1]), spec)
+    rows = math.prod(shape[:-1])
+    return row_tile(rows, vectors, spec), vectors * spec.lanes
 
 
 def legalize_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
-    """The packed product and a slice of its first N columns, or None (TVM's own matmul)."""
+    """The packed product, or None (TVM's own matmul)."""
     target = Target.current(allow_none=True)
-    columns = _panel_for(call, target) if target is not None else None
-    if columns is None:
+    tile = _tile_for(call, target) if target is not None else None
+    if tile is None:
         return None
+    rows, columns = tile
     matrix = call.args[1].value.numpy()
     packed = relax.const(pack_panels(matrix, columns))
-    product = bb.call_te(_packed_dense, call.args[0], packed, primfunc_name_hint="dense_packed")
-    count = matrix.shape[1]
-    if count % columns == 0:
-        return product
-    padded = bb.emit(product)
-    rank = len(call.args[0].ty.shape)
     return bb.call_te(
-        topi.strided_slice, padded, [0] * rank, [1] * (rank - 1) + [count], primfunc_name_hint="dense_columns"
+        _packed_dense, call.args[0], packed, rows, matrix.shape[1], primfunc_name_hint="dense_packed"
     )

@@ -26,12 +26,16 @@ __all__ = [
     "INT8_DOT",
     "PACKED_CONV",
     "PACKED_DENSE",
+    "PACKED_ROWS",
+    "ROW_PARTIAL",
     "POINTWISE_CONV",
     "AxisReduction",
     "CPUSpec",
     "Contraction",
     "PackedConv",
+    "PackedDense",
     "PointwiseConv",
+    "RowReduction",
     "WideDepthwise",
     "Elementwise",
     "Int8Dot",
@@ -423,8 +427,12 @@ def _epilogue(sch: s_tir.Schedule, main: _Block, consumers: list[_Block]) -> Any
 PACKED_CONV = "conv2d_nchw_packed"
 # The reduction block of its 1×1 conv at stride 1 (`_pointwise_conv2d`), which `PointwiseConv` takes.
 POINTWISE_CONV = "conv2d_nchw_pointwise"
-# The reduction block of `passc.schedules.packed_dense` (a row times packed panels; `Contraction`).
+# The reduction block of `passc.schedules.packed_dense` (row tiles times packed panels;
+# `PackedDense`) and the block that packs its rows into tiles.
 PACKED_DENSE = "dense_packed"
+PACKED_ROWS = "dense_rows_packed"
+# The prefix of the partial-reduction blocks of `passc.schedules.row_reduction` (`RowReduction`).
+ROW_PARTIAL = "row_partial"
 # The reduction block of `passc.schedules.int8_matmul` (int8 products summed in int32; `Int8Dot`).
 INT8_DOT = "matmul_int8"
 
@@ -572,6 +580,87 @@ class PointwiseConv(_Rule):
         init = sch.decompose_reduction(main.rv, i)
         sch.vectorize(sch.get_loops(init)[-1])
         for block in blocks[:index]:
+            _vectorize_flat(sch, block.rv, spec)
+        return sch
+
+
+class RowReduction(_Rule):
+    """A softmax or layer norm over the last axis with its reductions in vector-wide partials
+    (`passc.schedules.row_reduction`): one parallel loop over the rows, under which every block
+    computes its part of the row. A partial reduction runs its chunk loop outside its PARTIALS
+    lanes, which are one vector (a running max or sum per lane); the other blocks' loops along
+    the row are left to LLVM's loop vectorizer, which takes any row length (ViT's 197 keys).
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        last = blocks[-1]
+        partials = [b for b in blocks if b.name.startswith(ROW_PARTIAL)]
+        if not partials or not last.injective:
+            return None
+        rows = last.extents[:-1]
+        if any(b.extents[: len(rows)] != rows for b in blocks):
+            return None
+        loops = sch.get_loops(last.rv)[: len(rows)]
+        tile = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        if int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+        for block in reversed(blocks[:-1]):
+            sch.compute_at(block.rv, tile, preserve_unit_loops=True)
+        for block in partials:
+            *_, lane, chunk = sch.get_loops(block.rv)
+            sch.reorder(chunk, lane)
+            sch.vectorize(lane)
+            init = sch.decompose_reduction(block.rv, chunk)
+            sch.vectorize(sch.get_loops(init)[-1])
+        return sch
+
+
+class PackedDense(_Rule):
+    """A matrix product with packed operands (`passc.schedules.packed_dense`) and its epilogue:
+    loops m, n, k of Y'[m, n] tiled as
+        parallel(n / C · m / R) · k · unroll(R) · unroll(C / lanes) · vector(lanes)
+    with R and C the row tile's and the panel's widths (read off the packed operands' shapes):
+    a panel stays in cache while every row tile passes over it, and each step of k loads C / lanes
+    vectors of the panel and broadcasts R scalars of the row tile. The epilogue (unpadding, bias,
+    activation) runs per tile; the row packing runs first, over all rows.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = _named_reduction(blocks, PACKED_DENSE)
+        if index is None or blocks[index].kinds != "SSR":
+            return None
+        main = blocks[index]
+        packed = [r.source for r in sch.get(main.rv).reads if len(r.source.shape) == 3]
+        producers = blocks[:index]
+        tiled = [b for b in producers if b.name == PACKED_ROWS]
+        rows = tiled[0].extents[-1] if tiled else 1
+        columns = int(packed[-1].shape[-1])
+        if columns % spec.lanes or main.extents[0] % rows or main.extents[1] % columns:
+            return None
+        consumers = _inline_injective(sch, blocks[index + 1 :])
+        if len(consumers) > 1:
+            return None
+        m, n, k = sch.get_loops(main.rv)
+        outer_m, row = sch.split(m, _tile(sch, m, main.extents[0], rows))
+        outer_n, column = sch.split(n, _tile(sch, n, main.extents[1], columns))
+        sch.reorder(outer_n, outer_m, k, row, column)
+        tile = sch.fuse(outer_n, outer_m)
+        if main.extents[0] * main.extents[1] >= _PARALLEL_MIN // 4 and int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+        epilogue = _epilogue(sch, main, consumers)
+        rows_shape = [int(d) for d in sch.get(epilogue).writes[0].source.shape[:-1]]
+        if sum(d > 1 for d in rows_shape) <= 1:
+            sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(epilogue)[-1])
+        else:  # rows along several axes: a tile's rows are no box of the output, so one pass after
+            _vectorize_flat(sch, epilogue, spec)
+        vector, lane = sch.split(column, [columns // spec.lanes, spec.lanes])
+        sch.unroll(row)
+        sch.unroll(vector)
+        sch.vectorize(lane)
+        init = sch.decompose_reduction(main.rv, k)
+        sch.vectorize(sch.get_loops(init)[-1])
+        for block in producers:
             _vectorize_flat(sch, block.rv, spec)
         return sch
 
@@ -730,6 +819,8 @@ def default_rules(spec: CPUSpec | None = None) -> list[ScheduleRule]:
     return [
         PackedConv(spec),
         PointwiseConv(spec),
+        PackedDense(spec),
+        RowReduction(spec),
         Int8Dot(spec),
         WideDepthwise(spec),
         Contraction(spec),
