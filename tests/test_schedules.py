@@ -92,6 +92,20 @@ class _Pools(nn.Module):
         return nn.functional.avg_pool2d(nn.functional.max_pool2d(x, 3, 2, 1), 2)
 
 
+class _Upsample(nn.Module):
+    """U-Net's 2×2 stride-2 transposed conv, a 3×3 stride-3 one (both kernel = stride: packed), and
+    a 3×3 stride-2 one with padding (TVM's own legalization)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up2 = nn.ConvTranspose2d(8, 16, 2, 2)
+        self.up3 = nn.ConvTranspose2d(16, 8, 3, 3, bias=False)
+        self.padded = nn.ConvTranspose2d(8, 8, 3, 2, 1)
+
+    def forward(self, x):
+        return self.padded(self.up3(torch.relu(self.up2(x))))
+
+
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
@@ -101,6 +115,7 @@ MODELS = {
     "attention-41": (_Attention, (1, 41, 32)),  # softmax rows of 41: two partial chunks and a tail of 9
     "box-softmax": (_BoxSoftmax, (1, 16, 4, 30)),
     "pools-wide": (_Pools, (1, 4, 100, 100)),
+    "upsample": (_Upsample, (1, 8, 5, 7)),
 }
 
 
@@ -411,6 +426,7 @@ def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
         ("separable-wide", "conv2d_pointwise", "PointwiseConv", 2),  # 1×1 convs over 48×48 planes
         ("box-softmax", "softmax", "AxisReduction", 1),  # a softmax over axis 1 of 4
         ("pools-wide", "pool", "WideDepthwise", 2),  # a max and an average pool, 50 and 25 wide
+        ("upsample", "conv2d_transpose_packed", "PackedConv", 2),  # kernel = stride; not the padded one
         ("attention", "dense_packed", "PackedDense", 4),  # qkv, projection, MLP: rows of 2 × 12 tokens
         ("attention-13", "dense_packed", "PackedDense", 4),  # 13 rows, padded to 15
         ("attention-41", "softmax", "RowReduction", 1),  # over 41 keys

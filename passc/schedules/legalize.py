@@ -1,14 +1,17 @@
 """The Relax phases that turn ops into the PrimFuncs passc's rules schedule.
 
-TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of eight ops
-replaced where passc's apply: conv2d by the packed or the pointwise conv
-(`passc.schedules.packed_conv`), a matmul by a constant by int8 dot products
-(`passc.schedules.int8_matmul`, after `narrow_int8_matmul` has taken the int32 widening off its
-int8 operands) or by packed row tiles and column panels (`passc.schedules.packed_dense`),
-softmax and layer norm over the last axis by reductions in partials
-(`passc.schedules.row_reduction`), and float32 exp, sigmoid, softmax over other axes and erf by
-vector arithmetic (`passc.schedules.fast_math`). Each of passc's legalizations returns None where
-it does not apply, and the op gets TVM's own.
+TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of nine ops
+replaced where passc's apply:
+- conv2d by the packed or the pointwise conv, and a transposed conv whose kernel is its stride by
+  the packed conv's reduction (`passc.schedules.packed_conv`);
+- a matmul by a constant by int8 dot products (`passc.schedules.int8_matmul`, after
+  `narrow_int8_matmul` has taken the int32 widening off its int8 operands) or by packed row tiles
+  and column panels (`passc.schedules.packed_dense`);
+- softmax and layer norm over the last axis by reductions in partials
+  (`passc.schedules.row_reduction`);
+- float32 exp, sigmoid, softmax over other axes and erf by vector arithmetic
+  (`passc.schedules.fast_math`).
+Each of passc's legalizations returns None where it does not apply, and the op gets TVM's own.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tvm import relax
 
 from passc.schedules.fast_math import FAST_MATH
 from passc.schedules.int8_matmul import legalize_int8_matmul, narrow_int8_matmul
-from passc.schedules.packed_conv import legalize_conv2d
+from passc.schedules.packed_conv import legalize_conv2d, legalize_conv2d_transpose
 from passc.schedules.packed_dense import legalize_matmul
 from passc.schedules.row_reduction import legalize_layer_norm, legalize_softmax
 
@@ -48,6 +51,7 @@ def _first(*legalizations: Any) -> Any:
 
 LEGALIZATIONS = {
     "relax.nn.conv2d": legalize_conv2d,
+    "relax.nn.conv2d_transpose": legalize_conv2d_transpose,
     "relax.matmul": _first(legalize_int8_matmul, legalize_matmul),
     **FAST_MATH,
     "relax.nn.softmax": _first(legalize_softmax, FAST_MATH["relax.nn.softmax"]),

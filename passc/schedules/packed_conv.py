@@ -27,6 +27,15 @@ One case of those legalizes differently: a 1×1 conv at stride 1 without padding
 
 which `PointwiseConv` vectorizes along the pixels (x): its loads and its epilogue's stores are
 contiguous in NCHW, where the packed conv's channel vectors would need a transpose per output.
+
+A transposed conv whose kernel equals its stride s (U-Net's 2×2 upsampling, no padding) gives
+every output pixel exactly one tap, so with its weight W[I, O, s, s] packed the same way,
+
+    Y[n, o, y, x] = Σ_i X[n, i, y // s, x // s] · P[o // V, i, y mod s, x mod s, o % V]
+
+is the packed conv's reduction over i alone (`legalize_conv2d_transpose`; its tap loops have
+extent 1) and takes `PackedConv`'s schedule. TVM's own legalization dilates the input with zeros
+and runs an s×s conv over it: s² times the multiply-adds, with no schedule.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from tvm.target import Target
 
 from passc.schedules.rules import PACKED_CONV, POINTWISE_CONV, CPUSpec, _for_bits, cpu_spec, pointwise_tile
 
-__all__ = ["legalize_conv2d", "pack_weight"]
+__all__ = ["legalize_conv2d", "legalize_conv2d_transpose", "pack_weight"]
 
 
 def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
@@ -69,6 +78,24 @@ def _packed_conv2d(
         (int(data.shape[0]), blocks * lanes, out_h, out_w),
         lambda n, o, y, x: te.sum(
             data[n, i, y * sh + kh * dh, x * sw + kw * dw] * packed[o // lanes, i, kh, kw, o % lanes],
+            axis=[i, kh, kw],
+        ),
+        name=PACKED_CONV,
+    )
+
+
+def _upsampling_conv2d_transpose(data: te.Tensor, packed: te.Tensor) -> te.Tensor:
+    """A transposed conv with kernel = stride and no padding (the module docstring's formula)."""
+    batch, _, height, width = (int(d) for d in data.shape)
+    blocks, in_channels, stride, _, lanes = (int(d) for d in packed.shape)
+    i = te.reduce_axis((0, in_channels), "i")
+    kh = te.reduce_axis((0, 1), "kh")  # the packed conv's tap loops, of one tap
+    kw = te.reduce_axis((0, 1), "kw")
+    return te.compute(
+        (batch, blocks * lanes, height * stride, width * stride),
+        lambda n, o, y, x: te.sum(
+            data[n, i, y // stride + kh, x // stride + kw]
+            * packed[o // lanes, i, y % stride + kh, x % stride + kw, o % lanes],
             axis=[i, kh, kw],
         ),
         name=PACKED_CONV,
@@ -158,4 +185,32 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | No
         attrs.padding,
         attrs.dilation,
         primfunc_name_hint="conv2d_packed",
+    )
+
+
+def legalize_conv2d_transpose(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """A transposed conv2d whose kernel equals its stride, without padding, as the packed conv's
+    reduction over input channels; None (TVM's own legalization) for any other."""
+    target = Target.current(allow_none=True)
+    attrs = call.attrs
+    data, weight = call.args
+    if target is None or not isinstance(weight, tvm.ir.expr.Constant) or int(attrs.groups) != 1:
+        return None
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "IOHW", "NCHW"):
+        return None
+    spec = float_spec(target, attrs.out_dtype, data, weight)
+    kernel = weight.value.numpy()
+    if spec is None or kernel.ndim != 4 or kernel.shape[2] != kernel.shape[3]:
+        return None
+    stride = kernel.shape[2]
+    if [int(s) for s in attrs.strides] != [stride, stride] or any(int(d) != 1 for d in attrs.dilation):
+        return None
+    if any(int(p) for p in attrs.padding) or any(int(p) for p in attrs.output_padding):
+        return None
+    lanes = _pack_lanes(spec, kernel.shape[1])
+    if lanes is None:
+        return None
+    packed = relax.const(pack_weight(np.ascontiguousarray(kernel.transpose(1, 0, 2, 3)), lanes))
+    return bb.call_te(
+        _upsampling_conv2d_transpose, data, packed, primfunc_name_hint="conv2d_transpose_packed"
     )
