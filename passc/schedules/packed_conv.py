@@ -143,13 +143,14 @@ def float_spec(target: Target, out_dtype: Any, *operands: relax.Expr) -> CPUSpec
     return _for_bits(cpu_spec(target), int(dtype[len("float") :]))
 
 
-def _conv_spec(call: relax.Call, target: Target) -> CPUSpec | None:
-    """The vector shape for this conv2d, or None when it stays TVM's conv2d."""
+def _conv_spec(call: relax.Call, target: Target, kernel_layout: str = "OIHW") -> CPUSpec | None:
+    """The vector shape for this conv2d (or transposed conv2d, whose weight is IOHW), or None
+    when it stays TVM's: a constant 4-D weight, one group, NCHW activations, float operands."""
     attrs = call.attrs
     data, weight = call.args
     if not isinstance(weight, tvm.ir.expr.Constant) or int(attrs.groups) != 1:
         return None
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", kernel_layout, "NCHW"):
         return None
     if len(weight.value.shape) != 4:
         return None
@@ -192,15 +193,12 @@ def legalize_conv2d_transpose(bb: relax.BlockBuilder, call: relax.Call) -> relax
     """A transposed conv2d whose kernel equals its stride, without padding, as the packed conv's
     reduction over input channels; None (TVM's own legalization) for any other."""
     target = Target.current(allow_none=True)
+    spec = _conv_spec(call, target, "IOHW") if target is not None else None
+    if spec is None:
+        return None
     attrs = call.attrs
-    data, weight = call.args
-    if target is None or not isinstance(weight, tvm.ir.expr.Constant) or int(attrs.groups) != 1:
-        return None
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "IOHW", "NCHW"):
-        return None
-    spec = float_spec(target, attrs.out_dtype, data, weight)
-    kernel = weight.value.numpy()
-    if spec is None or kernel.ndim != 4 or kernel.shape[2] != kernel.shape[3]:
+    kernel = call.args[1].value.numpy()
+    if kernel.shape[2] != kernel.shape[3]:
         return None
     stride = kernel.shape[2]
     if [int(s) for s in attrs.strides] != [stride, stride] or any(int(d) != 1 for d in attrs.dilation):
@@ -212,5 +210,5 @@ def legalize_conv2d_transpose(bb: relax.BlockBuilder, call: relax.Call) -> relax
         return None
     packed = relax.const(pack_weight(np.ascontiguousarray(kernel.transpose(1, 0, 2, 3)), lanes))
     return bb.call_te(
-        _upsampling_conv2d_transpose, data, packed, primfunc_name_hint="conv2d_transpose_packed"
+        _upsampling_conv2d_transpose, call.args[0], packed, primfunc_name_hint="conv2d_transpose_packed"
     )

@@ -90,13 +90,11 @@ def _packed_dense(data: te.Tensor, packed: te.Tensor, rows: int, count: int) -> 
     panels, _, columns = (int(d) for d in packed.shape)
     total = math.prod(lead)
     padded = -(-total // rows) * rows
-    k = te.reduce_axis((0, depth), "k")
     if rows == 1:  # one row at a time: x needs no tile
-        product = te.compute(
-            (total, panels * columns),
-            lambda m, n: te.sum(data[(*_unravel(m, lead), k)] * packed[n // columns, k, n % columns], axis=k),
-            name=PACKED_DENSE,
-        )
+
+        def row(m: Any, kk: Any) -> Any:
+            return data[(*_unravel(m, lead), kk)]
+
     else:
         tiles = te.compute(
             (padded // rows, depth, rows),
@@ -105,11 +103,16 @@ def _packed_dense(data: te.Tensor, packed: te.Tensor, rows: int, count: int) -> 
             ),
             name=PACKED_ROWS,
         )
-        product = te.compute(
-            (padded, panels * columns),
-            lambda m, n: te.sum(tiles[m // rows, k, m % rows] * packed[n // columns, k, n % columns], axis=k),
-            name=PACKED_DENSE,
-        )
+
+        def row(m: Any, kk: Any) -> Any:
+            return tiles[m // rows, kk, m % rows]
+
+    k = te.reduce_axis((0, depth), "k")
+    product = te.compute(
+        (padded, panels * columns),
+        lambda m, n: te.sum(row(m, k) * packed[n // columns, k, n % columns], axis=k),
+        name=PACKED_DENSE,
+    )
     if padded == total and panels * columns == count and len(lead) == 1:
         return product
     return te.compute((*lead, count), lambda *i: product[_ravel(i[:-1], lead), i[-1]], name="dense_unpad")

@@ -38,12 +38,9 @@ PARTIALS = 16
 
 def row_total(value: Callable[..., Any], shape: list[int], reducer: Any, name: str) -> te.Tensor:
     """The `reducer` (te.sum or te.max) of value(*row, i) over i < L for each row of shape
-    [..., L], through PARTIALS partials (the module docstring's formula); one plain reduction for
-    rows shorter than 2·PARTIALS. Returns a tensor of shape [...]."""
+    [..., L], through PARTIALS partials (the module docstring's formula). Returns a tensor of
+    shape [...]."""
     *rows, length = shape
-    if length < 2 * PARTIALS:
-        i = te.reduce_axis((0, length), "i")
-        return te.compute(rows, lambda *r: reducer(value(*r, i), axis=i), name=name)
     chunks = length // PARTIALS
     c = te.reduce_axis((0, chunks), "c")
     part = te.compute(
