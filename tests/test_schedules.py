@@ -208,19 +208,21 @@ def test_pack_panels_pads_the_last_panel_with_zeros() -> None:
 
 
 @pytest.mark.parametrize(
-    ("width", "blocks", "spec", "tile"),
+    ("width", "blocks", "kernel", "spec", "tile"),
     [
-        (56, 4, CPUSpec(16, 32), (14, 1)),  # ResNet's first stage: 14 columns × 1 vector
-        (7, 32, CPUSpec(16, 32), (7, 2)),  # its last: 7 columns leave room for 2 vectors
-        (7, 3, CPUSpec(16, 32), (7, 1)),  # ... unless the channel blocks do not divide by 2
-        (40, 8, CPUSpec(8, 16), (5, 1)),  # AVX2's 16 registers: 6 accumulators at most
-        (1, 8, CPUSpec(4, 32), (1, 4)),  # a 1×1 output (a dense layer as conv): 4 vectors
+        (56, 4, 3, CPUSpec(16, 32), (14, 1)),  # ResNet's first stage: 14 columns × 1 vector
+        (7, 32, 3, CPUSpec(16, 32), (7, 2)),  # its last: 7 columns leave room for 2 vectors
+        (7, 3, 3, CPUSpec(16, 32), (7, 1)),  # ... unless the channel blocks do not divide by 2
+        (40, 8, 3, CPUSpec(8, 16), (5, 1)),  # AVX2's 16 registers: 6 accumulators at most
+        (14, 16, 1, CPUSpec(16, 32), (7, 2)),  # 1×1: 14 FMAs per 9 loads, not per 15 as 14 × 1
+        (56, 8, 1, CPUSpec(8, 16), (2, 2)),  # 1×1 with 6 accumulators: 4 FMAs per 4 loads
+        (1, 8, 1, CPUSpec(4, 32), (1, 4)),  # a 1×1 output (a dense layer as conv): 4 vectors
     ],
 )
-def test_conv_tile(width: int, blocks: int, spec: CPUSpec, tile: tuple[int, int]) -> None:
+def test_conv_tile(width: int, blocks: int, kernel: int, spec: CPUSpec, tile: tuple[int, int]) -> None:
     from passc.schedules import conv_tile
 
-    assert conv_tile(width, blocks, spec) == tile
+    assert conv_tile(width, blocks, spec, kernel) == tile
 
 
 def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) -> None:
