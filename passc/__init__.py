@@ -53,7 +53,7 @@ def compile(  # noqa: A001 - the name users expect, like tvm.compile
 
 def tune(model: Any, target: str = "host", *, trials: int = 500, **options: Any) -> Any:
     """Tunes a model's kernels for a target with MetaSchedule; `passc.compile` then applies the
-    records. Keyword options are those of `passc tune`: records, rpc, tracker, key, threads,
+    records. Keyword options are those of `passc tune`: records, fresh, rpc, tracker, key, threads,
     timeout_s, input_shapes, passes, pass_options, pipeline_file, plugins, progress. Returns a
     `passc.metaschedule.TuneReport`.
     """

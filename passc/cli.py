@@ -163,6 +163,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         args.target,
         trials=args.trials,
         records=args.records,
+        fresh=args.fresh,
         rpc=args.rpc,
         tracker=args.tracker,
         key=args.key,
@@ -416,6 +417,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=500, help="candidates measured in all (default 500)")
     p.add_argument(
         "--records", type=Path, metavar="DIR", help="record database (default: the target's cache)"
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="remove the records the database holds for this model's kernels before tuning",
     )
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on this TVM RPC server (a board)")
     p.add_argument("--tracker", metavar="HOST:PORT", help="measure on devices from this TVM RPC tracker")

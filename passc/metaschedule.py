@@ -23,6 +23,7 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -35,11 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from passc.atomic import atomic_file
 from passc.errors import PasscError, UsageError
 
 __all__ = [
     "KernelResult",
     "TuneReport",
+    "forget_records",
     "open_records",
     "parse_address",
     "require_tuning_packages",
@@ -117,6 +120,31 @@ def open_records(directories: list[Path]) -> Any | None:
     return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
 
 
+def forget_records(records: Path, kernels: list[Any]) -> int:
+    """Removes the records of `kernels` (their IRModules) from the database in the directory
+    `records`; returns how many records it removed.
+
+    A record line is [workload index, record] and workload line i is [structural hash, module].
+    The records file is rewritten, atomically, without the lines of these kernels' workloads (the
+    database finds each kernel's workload, structurally equal, and gives its hash); the workload
+    lines stay, so every other record keeps its index.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if not ((records / WORKLOADS).is_file() and (records / RECORDS).is_file()):
+        return 0
+    database = ms.database.JSONDatabase(work_dir=str(records), allow_missing=False)
+    hashes = {str(database.commit_workload(k).as_json()[0]) for k in kernels if database.has_workload(k)}
+    workloads = [line for line in (records / WORKLOADS).read_text().splitlines() if line.strip()]
+    forgotten = {i for i, line in enumerate(workloads) if json.loads(line)[0] in hashes}
+    lines = [line for line in (records / RECORDS).read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)[0] not in forgotten]
+    if len(kept) < len(lines):
+        with atomic_file(records / RECORDS) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
+
+
 def tune_kernels(
     mod: Any,
     target: Any,
@@ -125,6 +153,7 @@ def tune_kernels(
     records: Path,
     cxx: str,
     threads: int,
+    fresh: bool = False,
     rpc: str | None = None,
     tracker: str | None = None,
     key: str | None = None,
@@ -132,7 +161,10 @@ def tune_kernels(
     progress: Callable[[str], None] = lambda _: None,
 ) -> TuneReport:
     """Tunes the legalized Relax module `mod`'s kernels for `target` with a budget of `trials`
-    measured candidates in all, appending records to the database directory `records`."""
+    measured candidates in all, appending records to the database directory `records`. With
+    `fresh`, the kernels' earlier records are removed first (`forget_records`): compile applies a
+    kernel's fastest record as measured, so records timed another way (hot rather than cold) or
+    on a busier machine would otherwise keep winning over the new ones."""
     from tvm.s_tir import meta_schedule as ms
 
     if trials < 1:
@@ -143,6 +175,9 @@ def tune_kernels(
     tasks = ms.relax_integration.extract_tasks(mod, tune_target)
     if not tasks:
         raise PasscError("the model has no kernels to tune")
+    if fresh:
+        removed = forget_records(records, [task.dispatched[0] for task in tasks])
+        progress(f"removed {removed} earlier records of these kernels")
     database = ms.database.JSONDatabase(work_dir=str(records))
     _import_cpu_tensor_intrinsics()
     with _runner_environment(threads), _quiet_metaschedule():

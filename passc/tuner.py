@@ -26,6 +26,7 @@ def tune_model(
     *,
     trials: int,
     records: str | Path | None = None,
+    fresh: bool = False,
     rpc: str | None = None,
     tracker: str | None = None,
     key: str | None = None,
@@ -39,7 +40,8 @@ def tune_model(
 
     Candidates run on this machine, on the RPC server at `rpc` ("HOST:PORT"), or on a device of
     kind `key` from the RPC tracker at `tracker`. Records are appended to the directory `records`
-    (default: the target's database in passc's cache, which `passc compile` reads).
+    (default: the target's database in passc's cache, which `passc compile` reads); with `fresh`,
+    the records the database already holds for this model's kernels are removed first.
     `pipeline_options` are `passes`, `pass_options`, `pipeline_file` and `plugins`, as for compile.
     """
     target = target if isinstance(target, Target) else get_target(target)
@@ -81,6 +83,7 @@ def tune_model(
         records=directory,
         cxx=target.cxx,
         threads=threads or target.threads,
+        fresh=fresh,
         rpc=rpc,
         tracker=tracker,
         key=key,

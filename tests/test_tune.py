@@ -175,6 +175,39 @@ def test_open_records_ignores_directories_without_a_database(tmp_path: Path) -> 
     assert open_records([tmp_path, tmp_path / "missing"]) is None
 
 
+def test_forget_records_removes_only_the_given_kernels_records(tmp_path: Path) -> None:
+    """`tune --fresh`'s first step: the records of the model's kernels go, every other record (of
+    another kernel in the same database) stays and still applies."""
+    import onnx_ir as ir
+    from passc.targets import get_target
+    from tvm.s_tir import meta_schedule as ms
+
+    import passc
+    from passc.lowering import legalized_kernels
+    from passc.metaschedule import forget_records
+    from passc.schedules import default_schedule
+
+    mod, target = legalized_kernels(ir.load(_tiny_conv(tmp_path)), get_target("host").tvm)
+    kernels = [t.dispatched[0] for t in ms.relax_integration.extract_tasks(mod, target)]
+    assert len(kernels) == 2
+    records = tmp_path / "records"
+    records.mkdir()
+    database = ms.database.JSONDatabase(work_dir=str(records))
+    for kernel in kernels:
+        with target:
+            trace = default_schedule(kernel["main"], target).trace
+        for seconds in (1e-3, 2e-3):
+            record = ms.database.TuningRecord(trace, database.commit_workload(kernel), [seconds], target)
+            database.commit_tuning_record(record)
+    assert forget_records(records, [kernels[0]]) == 2
+    assert forget_records(records, [kernels[0]]) == 0  # nothing left to remove
+    reopened = ms.database.JSONDatabase(work_dir=str(records), allow_missing=False)
+    assert not reopened.get_top_k(reopened.commit_workload(kernels[0]), 5)
+    assert len(reopened.get_top_k(reopened.commit_workload(kernels[1]), 5)) == 2
+    artifact = passc.compile(_tiny_conv(tmp_path), "host", tmp_path / "art", records=[records])
+    assert artifact.manifest["tuned_kernels"] == 1
+
+
 def test_tuning_spends_trials_on_the_kernels_that_take_the_time() -> None:
     kernels = [
         KernelResult("small", 1, 1.0),
