@@ -15,13 +15,20 @@ __all__ = ["atomic_file", "build_directory"]
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """A temporary path beside `final` (same suffix) to write; renamed onto `final` when the block
-    succeeds, removed when it fails."""
+    succeeds, removed when it fails. The result has `final`'s permissions if it existed, else
+    those of an ordinary new file (mkstemp's are private)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(suffix=final.suffix, prefix=f".{final.stem}.tmp-", dir=final.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        if final.exists():
+            shutil.copymode(final, tmp)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o666 & ~umask)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
