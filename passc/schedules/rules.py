@@ -437,6 +437,13 @@ ROW_PARTIAL = "row_partial"
 INT8_DOT = "matmul_int8"
 
 
+def _per_load(rows: int, vectors: int) -> tuple[float, int]:
+    """How a register tile of `rows` broadcast operands × `vectors` loaded vectors ranks: by
+    multiply-adds per load (rows · vectors of them for rows + vectors loads a step), then by
+    accumulators. Larger is better; `conv_tile` and `pointwise_tile` choose by it."""
+    return rows * vectors / (rows + vectors), rows * vectors
+
+
 def conv_tile(out_width: int, vector_blocks: int, spec: CPUSpec, kernel_width: int = 1) -> tuple[int, int]:
     """(rows, vectors) of a packed conv's accumulator tile: `rows` output columns × `vectors`
     vectors of output channels, at most (registers - 4) / 2 accumulators (14 with 32 registers;
@@ -456,7 +463,7 @@ def conv_tile(out_width: int, vector_blocks: int, spec: CPUSpec, kernel_width: i
         vectors = max(k for k in (1, 2, 4) if k == 1 or (k * rows <= budget and vector_blocks % k == 0))
         return rows, vectors
     options = [
-        (rows * vectors / (rows + vectors), rows * vectors, rows, vectors)
+        (*_per_load(rows, vectors), rows, vectors)
         for rows in range(1, min(out_width, budget) + 1)
         if out_width % rows == 0
         for vectors in (1, 2, 4)
@@ -534,7 +541,7 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
             if (height * width) % pixels or (width % pixels and pixels % width):
                 continue
             rows = _divisor(out_channels, (spec.registers - 1 - vectors) // vectors)
-            options.append((rows * vectors / (rows + vectors), rows * vectors, lanes, vectors, rows))
+            options.append((*_per_load(rows, vectors), lanes, vectors, rows))
         if options:
             break
     return max(options)[2:] if options else None
