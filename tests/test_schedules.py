@@ -58,6 +58,22 @@ class _Separable(nn.Module):
         return self.avg(self.down(x + self.project(y)))
 
 
+class _WideKernels(nn.Module):
+    """MobileNetV3's 5×5 depthwise convs on narrow maps (stride 1 on 24 channels: three half
+    vectors on AVX-512; stride 2 on 32) with hardswish, and a 3×3 one that stays NCHW."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(24, 24, 5, 1, 2, groups=24)
+        self.expand = nn.Conv2d(24, 32, 1)
+        self.strided = nn.Conv2d(32, 32, 5, 2, 2, groups=32, bias=False)
+        self.narrow = nn.Conv2d(32, 32, 3, 1, 1, groups=32)
+
+    def forward(self, x):
+        y = nn.functional.hardswish(self.wide(x))
+        return self.narrow(torch.relu(self.strided(self.expand(y))))
+
+
 class _Attention(nn.Module):
     """A transformer block: layer norm, multi-head attention (batch matmuls, softmax), GELU MLP."""
 
@@ -110,6 +126,7 @@ MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
     "separable-wide": (_Separable, (1, 8, 48, 48)),  # depthwise outputs 48 and 24 wide
+    "wide-kernels": (_WideKernels, (1, 24, 14, 14)),
     "attention": (_Attention, (2, 12, 32)),
     "attention-13": (_Attention, (1, 13, 32)),  # a prime token count: the matmuls get padded
     "attention-41": (_Attention, (1, 41, 32)),  # softmax rows of 41: two partial chunks and a tail of 9
@@ -428,6 +445,7 @@ def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
         ("separable-wide", "conv2d_pointwise", "PointwiseConv", 2),  # 1×1 convs over 48×48 planes
         ("box-softmax", "softmax", "AxisReduction", 1),  # a softmax over axis 1 of 4
         ("pools-wide", "pool", "WideDepthwise", 2),  # a max and an average pool, 50 and 25 wide
+        ("wide-kernels", "depthwise_conv2d_packed", "PackedDepthwise", 2),  # 5×5; not the 3×3
         ("upsample", "conv2d_transpose_packed", "PackedConv", 2),  # kernel = stride; not the padded one
         ("attention", "dense_packed", "PackedDense", 4),  # qkv, projection, MLP: rows of 2 × 12 tokens
         ("attention-13", "dense_packed", "PackedDense", 4),  # 13 rows, padded to 15

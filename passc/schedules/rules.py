@@ -23,8 +23,10 @@ from tvm.tirx.analysis import undefined_vars
 _REFUSALS = (RuntimeError, ValueError, TypeError, IndexError)
 
 __all__ = [
+    "DEPTHWISE_BLOCKS",
     "INT8_DOT",
     "PACKED_CONV",
+    "PACKED_DEPTHWISE",
     "PACKED_DENSE",
     "PACKED_ROWS",
     "ROW_PARTIAL",
@@ -34,6 +36,7 @@ __all__ = [
     "Contraction",
     "PackedConv",
     "PackedDense",
+    "PackedDepthwise",
     "PointwiseConv",
     "RowReduction",
     "WideDepthwise",
@@ -435,6 +438,10 @@ PACKED_ROWS = "dense_rows_packed"
 ROW_PARTIAL = "row_partial"
 # The reduction block of `passc.schedules.int8_matmul` (int8 products summed in int32; `Int8Dot`).
 INT8_DOT = "matmul_int8"
+# The reduction block of `passc.schedules.packed_depthwise` (`PackedDepthwise`) and the block that
+# copies its input into channel blocks.
+PACKED_DEPTHWISE = "depthwise_conv2d_nchw_packed"
+DEPTHWISE_BLOCKS = "depthwise_input_blocks"
 
 
 def _per_load(rows: int, vectors: int) -> tuple[float, int]:
@@ -517,6 +524,52 @@ class PackedConv(_Rule):
         sch.annotate(i, "pragma_unroll_explicit", 1)
         for block in blocks[:index]:
             _vectorize_flat(sch, block.rv, spec)
+        return sch
+
+
+class PackedDepthwise(_Rule):
+    """The channel-blocked depthwise conv (`passc.schedules.packed_depthwise`) with its epilogue.
+
+    Loops n, c, y, x, kh, kw are tiled as
+        parallel(n · c/V · y · x/columns) · kh · kw · unroll(columns) · vector(V)
+    so a row of `columns` output columns (at most 14, the largest divisor of the width) stays in
+    registers as channel vectors for the whole reduction: each tap loads one weight vector and one
+    input vector per column. The tile is laid out channel-blocked, so its vectors are contiguous,
+    and the epilogue (bias, activation) writes it back to NCHW per tile. The input's copy into
+    channel blocks runs first, over all of it, as one parallel loop with the channels vectorized.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = _named_reduction(blocks, PACKED_DEPTHWISE)
+        if index is None or blocks[index].kinds != "SSSSRR":
+            return None
+        if [b.name for b in blocks[:index]] != [DEPTHWISE_BLOCKS]:
+            return None
+        main, copy = blocks[index], blocks[0]
+        consumers = _inline_injective(sch, blocks[index + 1 :])
+        if len(consumers) > 1:
+            return None
+        lanes = copy.extents[-1]
+        n, c, y, x, kh, kw = sch.get_loops(main.rv)
+        block, lane = sch.split(c, [None, lanes])
+        columns = _divisor(main.extents[3], min(14, spec.registers - 2))
+        outer_x, column = sch.split(x, _tile(sch, x, main.extents[3], columns))
+        sch.reorder(n, block, y, outer_x, kh, kw, column, lane)
+        tile = sch.fuse(n, block, y, outer_x)
+        if int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+
+        epilogue = _epilogue(sch, main, consumers)
+        sch.transform_layout(main.rv, ("write", 0), lambda n, c, h, w: (n, c // lanes, h, w, c % lanes))
+        sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
+        sch.vectorize(lane)
+        sch.unroll(column)
+        init = sch.decompose_reduction(main.rv, kh)
+        sch.vectorize(sch.get_loops(init)[-1])
+
+        *rows, _, copy_lane = sch.get_loops(copy.rv)
+        sch.parallel(sch.fuse(*rows))
+        sch.vectorize(copy_lane)
         return sch
 
 
@@ -844,6 +897,7 @@ def default_rules(spec: CPUSpec | None = None) -> list[ScheduleRule]:
         PackedConv(spec),
         PointwiseConv(spec),
         PackedDense(spec),
+        PackedDepthwise(spec),
         RowReduction(spec),
         Int8Dot(spec),
         WideDepthwise(spec),

@@ -1,0 +1,121 @@
+"""Depthwise conv2d over channel blocks: the layout for wide kernels on narrow feature maps.
+
+A depthwise conv in NCHW vectorizes along the output row, and MobileNetV3's 5×5 depthwise convs
+run on rows of 14 and 7 columns: part-empty vectors, and at stride 2 a gather per load. Blocking
+V channels instead (V = lanes of the output's type),
+
+    B[n, c // V, y, x, c % V] = pad(X)[n, c, y, x]                (the input, once per call)
+    P[c // V, kh, kw, c % V]  = W[c, 0, kh, kw]                   (the weight, once, at compile time)
+    Y[n, c, y, x] = Σ_{kh, kw} B[n, c // V, y·sh + kh·dh, x·sw + kw·dw, c % V] · P[c // V, kh, kw, c % V]
+
+makes every step of the reduction one vector load of B, one of P and one fused multiply-add per
+output column of the tile, with all V lanes in use at any width and stride (`PackedDepthwise` in
+`passc.schedules.rules`). Y is still NCHW to the rest of the model: the schedule keeps the tile
+channel-blocked and the epilogue writes it back, so the kernel pays two transposes (B, and the
+epilogue's) for the vector-wide reduction.
+
+The transposes cost about what a 3×3 kernel's nine taps save, so only kernels of at least
+`MIN_TAPS` taps on outputs at most `MAX_WIDTH` columns wide take this legalization (measured on
+AVX-512, one thread, against TVM's depthwise conv with passc's default schedule:
+
+    | conv (channels @ input, kernel, stride) | NCHW | channel blocks |
+    |---|---|---|
+    | 576 @ 7², 5×5, 1       | 84 µs  | 34 µs  |
+    | 288 @ 14², 5×5, 2      | 79 µs  | 32 µs  |
+    | 240 @ 14², 5×5, 1      | 78 µs  | 46 µs  |
+    | 96 @ 28², 5×5, 2       | 69 µs  | 40 µs  |
+    | 96 @ 28², 5×5, 1       | 76 µs  | 69 µs  |
+    | 96 @ 56², 5×5, 1       | 259 µs | 293 µs |
+    | 384 @ 14², 3×3, 1      | 47 µs  | 56 µs  |
+    | 72 @ 56², 3×3, 2       | 75 µs  | 120 µs |
+
+). Every other depthwise conv legalizes as TVM's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, te
+from tvm.target import Target
+
+from passc.schedules.packed_conv import _pack_lanes, float_spec
+from passc.schedules.rules import DEPTHWISE_BLOCKS, PACKED_DEPTHWISE
+
+# Kernels with fewer taps keep NCHW: the two transposes cost more than the vectors save (3×3).
+MIN_TAPS = 25
+# Outputs wider than this keep NCHW: their rows fill whole vectors (96 @ 56², 5×5: 259 vs 293 µs).
+MAX_WIDTH = 28
+
+
+def pack_depthwise_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """W[C, 1, Kh, Kw] as P[C / lanes, Kh, Kw, lanes] (C a multiple of lanes)."""
+    channels, _, kernel_h, kernel_w = weight.shape
+    blocked = weight[:, 0].reshape(channels // lanes, lanes, kernel_h, kernel_w)
+    return np.ascontiguousarray(blocked.transpose(0, 2, 3, 1))
+
+
+def _packed_depthwise_conv2d(
+    data: te.Tensor, packed: te.Tensor, strides: Any, padding: Any, dilation: Any
+) -> te.Tensor:
+    """The TE compute of the module docstring's formula: B, then Y."""
+    batch, _, height, width = (int(d) for d in data.shape)
+    blocks, kernel_h, kernel_w, lanes = (int(d) for d in packed.shape)
+    (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
+    top, left, bottom, right = (int(p) for p in padding)
+    zero = tvm.tirx.const(0, data.dtype)
+
+    def blocked_input(n: Any, b: Any, y: Any, x: Any, v: Any) -> Any:
+        inside = tvm.tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        return tvm.tirx.if_then_else(inside, data[n, b * lanes + v, y - top, x - left], zero)
+
+    padded = (batch, blocks, height + top + bottom, width + left + right, lanes)
+    blocked = te.compute(padded, blocked_input, name=DEPTHWISE_BLOCKS)
+    out_h = (height + top + bottom - (kernel_h - 1) * dh - 1) // sh + 1
+    out_w = (width + left + right - (kernel_w - 1) * dw - 1) // sw + 1
+    kh = te.reduce_axis((0, kernel_h), "kh")
+    kw = te.reduce_axis((0, kernel_w), "kw")
+    return te.compute(
+        (batch, blocks * lanes, out_h, out_w),
+        lambda n, c, y, x: te.sum(
+            blocked[n, c // lanes, y * sh + kh * dh, x * sw + kw * dw, c % lanes]
+            * packed[c // lanes, kh, kw, c % lanes],
+            axis=[kh, kw],
+        ),
+        name=PACKED_DEPTHWISE,
+    )
+
+
+def legalize_depthwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """The channel-blocked depthwise conv for this conv2d, or None where it does not apply: a
+    constant weight [C, 1, Kh, Kw] with C groups, NCHW/OIHW, float operands, at least `MIN_TAPS`
+    taps, an output at most `MAX_WIDTH` columns wide, and C a multiple of a (half) vector."""
+    target = Target.current(allow_none=True)
+    attrs = call.attrs
+    data, weight = call.args
+    if target is None or not isinstance(weight, tvm.ir.expr.Constant) or len(weight.value.shape) != 4:
+        return None
+    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        return None
+    spec = float_spec(target, attrs.out_dtype, data, weight)
+    if spec is None:
+        return None
+    channels, group_width, kernel_h, kernel_w = (int(d) for d in weight.value.shape)
+    if int(attrs.groups) != channels or group_width != 1 or int(data.ty.shape[1]) != channels:
+        return None
+    out_width = int(call.ty.shape[3])
+    lanes = _pack_lanes(spec, channels)
+    if kernel_h * kernel_w < MIN_TAPS or out_width > MAX_WIDTH or lanes is None:
+        return None
+    packed = relax.const(pack_depthwise_weight(weight.value.numpy(), lanes))
+    return bb.call_te(
+        _packed_depthwise_conv2d,
+        data,
+        packed,
+        attrs.strides,
+        attrs.padding,
+        attrs.dilation,
+        primfunc_name_hint="depthwise_conv2d_packed",
+    )
