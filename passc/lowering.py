@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -289,6 +290,13 @@ class HostModule:
 
     `params` maps a function to the runtime parameters it takes after its inputs. They are copied
     into TVM tensors once, here, not on every call (ResNet-18's 47 MB of weights cost ~4 ms a copy).
+
+    An input that is 64-byte aligned (what TVM's kernels assume) and writable (DLPack has no
+    read-only flag; the kernels only read it) is passed without a copy; any
+    other is copied into a buffer kept for that input, allocated on the first call. A new TVM
+    tensor per call costs its allocation, the page faults of fresh memory and the copy: 35-70 µs
+    for a 224² image, 2% of MobileNetV3's run. Outputs are copied into new numpy arrays. Calls
+    are serialised (the buffers and TVM's VM are shared between them).
     """
 
     def __init__(self, path: Path, params: dict[str, list[np.ndarray]] | None = None) -> None:
@@ -301,14 +309,41 @@ class HostModule:
             function: [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
             for function, arrays in (params or {}).items()
         }
+        self._buffers: dict[tuple[str, int], tuple[np.ndarray, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _tensor(self, function: str, index: int, array: np.ndarray) -> Any:
+        """The TVM tensor to pass as input `index` of `function`: `array` itself when aligned."""
+        array = np.ascontiguousarray(array)
+        if array.ctypes.data % ALIGNMENT == 0 and array.flags.writeable:  # DLPack exports no read-only
+            return self._tvm.runtime.from_dlpack(array)
+        buffer, tensor = self._buffers.get((function, index), (None, None))
+        if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
+            buffer = aligned_empty(array.shape, array.dtype)
+            tensor = self._tvm.runtime.from_dlpack(buffer)
+            self._buffers[function, index] = buffer, tensor
+        np.copyto(buffer, array)
+        return tensor
 
     def __call__(self, function: str, *inputs: np.ndarray) -> list[np.ndarray]:
         """Calls the compiled function `function` on the inputs (then its bound parameters)."""
-        tensors = [self._tvm.runtime.tensor(np.ascontiguousarray(x)) for x in inputs]
-        result = self._vm[function](*tensors, *self._params.get(function, []))
-        if isinstance(result, self._tvm.runtime.Tensor):
-            return [result.numpy()]
-        return [r.numpy() for r in result]
+        with self._lock:
+            tensors = [self._tensor(function, i, x) for i, x in enumerate(inputs)]
+            result = self._vm[function](*tensors, *self._params.get(function, []))
+            results = [result] if isinstance(result, self._tvm.runtime.Tensor) else list(result)
+            return [np.from_dlpack(r).copy() for r in results]
+
+
+# The byte alignment TVM's kernels assume of every tensor they are passed.
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an `ALIGNMENT`-byte boundary."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % ALIGNMENT
+    return raw[offset : offset + size].view(dtype).reshape(shape)
 
 
 def measure_latency(
