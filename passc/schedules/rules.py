@@ -457,15 +457,18 @@ def conv_tile(out_width: int, vector_blocks: int, spec: CPUSpec, kernel_width: i
     the rest hold the weight vectors and broadcasts). Rows divide the output width, vectors the
     channel blocks: no tail loops.
 
-    With a wider kernel, rows come first (`vectors` fills what they leave): adjacent columns share
+    With a kernel 2 to 4 wide (3×3), rows come first (`vectors` fills what they leave): adjacent columns share
     input taps, so wide rows need fewer loads than the count below says (on AVX-512, 7 × 2
-    against 14 × 1: ResNet's 3×3 convs at 56², 1.18× slower; YOLO's at 80², 1.45×). A 1×1 conv
-    shares nothing: each step loads `vectors` weight vectors and broadcasts `rows` inputs for
-    rows × vectors multiply-adds, and the tile with the most per load wins, then the one with the
-    most accumulators (7 × 2 against 14 × 1: 576 → 96 channels at 14², 249 → 206 µs; a stride-2
-    1×1 conv 64 → 128 at 56², 792 → 709 µs)."""
+    against 14 × 1: ResNet's 3×3 convs at 56², 1.18× slower; YOLO's at 80², 1.45×; a 3×3
+    stride-2 256 → 512 to 7², 1.22×). A 1×1 conv shares nothing: each step loads `vectors` weight
+    vectors and broadcasts `rows` inputs for rows × vectors multiply-adds, and the tile with the
+    most per load wins, then the one with the most accumulators (7 × 2 against 14 × 1: 576 → 96
+    channels at 14², 249 → 206 µs; a stride-2 1×1 conv 64 → 128 at 56², 792 → 709 µs). Kernels 5
+    or more wide rank the same way as 1×1: ResNet's 7×7 stride-2 stem 1741 → 1387 µs, a 5×5
+    stride-2 conv 32 → 64 to 56² 2185 → 1707, a 5×5 at stride 1 1751 → 1579 (7×7 at stride 1:
+    2917 against 3019, even)."""
     budget = max(1, (spec.registers - 4) // 2)
-    if kernel_width > 1:
+    if 1 < kernel_width < 5:
         rows = _divisor(out_width, budget)
         vectors = max(k for k in (1, 2, 4) if k == 1 or (k * rows <= budget and vector_blocks % k == 0))
         return rows, vectors
