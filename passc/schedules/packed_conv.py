@@ -143,12 +143,15 @@ def float_spec(target: Target, out_dtype: Any, *operands: relax.Expr) -> CPUSpec
     return _for_bits(cpu_spec(target), int(dtype[len("float") :]))
 
 
-def _conv_spec(call: relax.Call, target: Target, kernel_layout: str = "OIHW") -> CPUSpec | None:
+def _conv_spec(
+    call: relax.Call, target: Target, kernel_layout: str = "OIHW", *, grouped: bool = False
+) -> CPUSpec | None:
     """The vector shape for this conv2d (or transposed conv2d, whose weight is IOHW), or None
-    when it stays TVM's: a constant 4-D weight, one group, NCHW activations, float operands."""
+    when it stays TVM's: a constant 4-D weight, one group (any count if `grouped`), NCHW
+    activations, float operands."""
     attrs = call.attrs
     data, weight = call.args
-    if not isinstance(weight, tvm.ir.expr.Constant) or int(attrs.groups) != 1:
+    if not isinstance(weight, tvm.ir.expr.Constant) or (int(attrs.groups) != 1 and not grouped):
         return None
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", kernel_layout, "NCHW"):
         return None

@@ -36,25 +36,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import tvm
 from tvm import relax, te
 from tvm.target import Target
 
-from passc.schedules.packed_conv import _pack_lanes, float_spec
+from passc.schedules.packed_conv import _conv_spec, _pack_lanes, pack_weight
 from passc.schedules.rules import DEPTHWISE_BLOCKS, PACKED_DEPTHWISE
 
 # Kernels with fewer taps keep NCHW: the two transposes cost more than the vectors save (3×3).
 MIN_TAPS = 25
 # Outputs wider than this keep NCHW: their rows fill whole vectors (96 @ 56², 5×5: 259 vs 293 µs).
 MAX_WIDTH = 28
-
-
-def pack_depthwise_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
-    """W[C, 1, Kh, Kw] as P[C / lanes, Kh, Kw, lanes] (C a multiple of lanes)."""
-    channels, _, kernel_h, kernel_w = weight.shape
-    blocked = weight[:, 0].reshape(channels // lanes, lanes, kernel_h, kernel_w)
-    return np.ascontiguousarray(blocked.transpose(0, 2, 3, 1))
 
 
 def _packed_depthwise_conv2d(
@@ -93,15 +85,11 @@ def legalize_depthwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax
     constant weight [C, 1, Kh, Kw] with C groups, NCHW/OIHW, float operands, at least `MIN_TAPS`
     taps, an output at most `MAX_WIDTH` columns wide, and C a multiple of a (half) vector."""
     target = Target.current(allow_none=True)
-    attrs = call.attrs
-    data, weight = call.args
-    if target is None or not isinstance(weight, tvm.ir.expr.Constant) or len(weight.value.shape) != 4:
-        return None
-    if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
-        return None
-    spec = float_spec(target, attrs.out_dtype, data, weight)
+    spec = _conv_spec(call, target, grouped=True) if target is not None else None
     if spec is None:
         return None
+    attrs = call.attrs
+    data, weight = call.args
     channels, group_width, kernel_h, kernel_w = (int(d) for d in weight.value.shape)
     if int(attrs.groups) != channels or group_width != 1 or int(data.ty.shape[1]) != channels:
         return None
@@ -109,7 +97,7 @@ def legalize_depthwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax
     lanes = _pack_lanes(spec, channels)
     if kernel_h * kernel_w < MIN_TAPS or out_width > MAX_WIDTH or lanes is None:
         return None
-    packed = relax.const(pack_depthwise_weight(weight.value.numpy(), lanes))
+    packed = relax.const(pack_weight(weight.value.numpy(), lanes)[:, 0])  # [C/V, 1, Kh, Kw, V] without its 1
     return bb.call_te(
         _packed_depthwise_conv2d,
         data,
