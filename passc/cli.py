@@ -173,12 +173,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
         **_pipeline_options(args),
     )
     kernels = sorted(report.kernels, key=lambda k: -(k.weight * (k.default_us or 0.0)))
-    print(f"{'kernel':<40} {'calls':>5} {'default us':>11} {'tuned us':>10} {'speed-up':>8} {'trials':>6}")
+    print(
+        f"{'kernel':<40} {'calls':>5} {'default us':>11} {'tuned us':>10} {'speed-up':>8} {'trials':>6}"
+        f"  in the model (tuned / default)"
+    )
     for k in kernels:
         default = f"{k.default_us:.1f}" if k.default_us is not None else "-"
         best = f"{k.best_us:.1f}" if k.best_us is not None else "-"
         speedup = f"{k.speedup:.2f}x" if k.speedup is not None else "-"
-        print(f"{k.name[:40]:<40} {k.weight:>5} {default:>11} {best:>10} {speedup:>8} {k.trials:>6}")
+        checked = ", ".join(f"{r:.2f} at {n} thr" for n, r in sorted(k.in_model.items()))
+        verdict = "; default kept" if k.reverted else "; tuned kept" if checked else ""
+        print(
+            f"{k.name[:40]:<40} {k.weight:>5} {default:>11} {best:>10} {speedup:>8} {k.trials:>6}  "
+            f"{checked}{verdict}".rstrip()
+        )
     default, best = report.total("default_us"), report.total("best_us")
     summary = f"summed kernel latency {default / 1e3:.3f} ms -> {best / 1e3:.3f} ms"
     print(f"{report.trials} trials in {report.seconds:.0f} s; {summary}")
@@ -414,7 +422,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--target", required=True, help="target name (see `passc targets`)")
-    p.add_argument("--trials", type=int, default=500, help="candidates measured in all (default 500)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=500,
+        help="candidates measured in all (default 500; 0: only check the records held in the model)",
+    )
     p.add_argument(
         "--records", type=Path, metavar="DIR", help="record database (default: the target's cache)"
     )

@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "Imported",
     "Lowered",
     "import_model",
+    "kernel_times",
     "legalized_kernels",
     "lower",
     "measure_latency",
@@ -382,3 +384,59 @@ def measure_latency(
             where = f"over RPC at {rpc}" if rpc else "on this host"
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise PasscError(f"timing the model {where} failed: {first_line}") from None
+
+
+def kernel_times(
+    executables: list[Any], arrays: list[np.ndarray], *, threads: int, rounds: int, pause_s: float = 0.05
+) -> list[list[dict[str, float]]]:
+    """Each kernel's seconds inside whole runs of compiled models, on this machine.
+
+    `executables` (`Lowered.executable`s of one model) take turns on the same `arrays` (inputs,
+    then runtime parameters), `rounds` times, the order alternating so that neither always runs
+    first; each run waits `pause_s` so that the previous one's spinning threads have stopped. The
+    VM's instrument hook reads the clock before and after every call, so a kernel is timed where
+    the model runs it: after the kernel before it, with the caches that one left. Returns, per
+    executable, one dict per round: kernel symbol -> seconds, summed over its calls in the run.
+    TVM's thread pool runs `threads` threads meanwhile and is set back afterwards.
+    """
+    import tvm
+    from tvm import relax
+
+    configure = tvm.get_global_func("runtime.config_threadpool")
+    before = tvm.get_global_func("runtime.NumThreads")()
+    vms = [relax.VirtualMachine(e, tvm.cpu()) for e in executables]
+    clocks = [_KernelClock() for _ in vms]
+    for vm, clock in zip(vms, clocks, strict=True):
+        vm.set_instrument(clock)
+    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+    samples: list[list[dict[str, float]]] = [[] for _ in vms]
+    configure(1, threads)
+    try:
+        for vm in vms:
+            vm["main"](*tensors)  # warm-up: first-call allocations
+        for round_ in range(rounds):
+            order = list(range(len(vms)))
+            for i in order if round_ % 2 == 0 else order[::-1]:
+                time.sleep(pause_s)
+                clocks[i].seconds = {}
+                vms[i]["main"](*tensors)
+                samples[i].append(clocks[i].seconds)
+    finally:
+        configure(1, before)
+    return samples
+
+
+class _KernelClock:
+    """A VM instrument hook: seconds per called function, summed since `seconds` was reset."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = 0.0
+
+    def __call__(self, _func: Any, symbol: str, before_run: bool, *_: Any) -> int:
+        now = time.perf_counter()
+        if before_run:
+            self._start = now
+        else:
+            self.seconds[symbol] = self.seconds.get(symbol, 0.0) + now - self._start
+        return 0  # VMInstrumentReturnKind.NO_OP: go on with the call

@@ -76,6 +76,10 @@ class KernelResult:
     default_us: float | None  # passc's default schedule, as measured (None: no rule applies, or failed)
     best_us: float | None = None  # the fastest record after tuning
     trials: int = 0
+    symbols: list[str] = field(default_factory=list)  # the model's kernels (calls) of this task
+    tuned: bool = False  # its fastest record is a searched schedule, not the default
+    in_model: dict[int, float] = field(default_factory=dict)  # threads -> tuned / default, in the model
+    reverted: bool = False  # the search's record lost in the model; the default schedule is kept
 
     @property
     def speedup(self) -> float | None:
@@ -158,17 +162,23 @@ def tune_kernels(
     tracker: str | None = None,
     key: str | None = None,
     timeout_s: float = 60.0,
+    check: Callable[[list[KernelResult]], set[int]] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> TuneReport:
     """Tunes the legalized Relax module `mod`'s kernels for `target` with a budget of `trials`
-    measured candidates in all, appending records to the database directory `records`. With
-    `fresh`, the kernels' earlier records are removed first (`forget_records`): compile applies a
-    kernel's fastest record as measured, so records timed another way (hot rather than cold) or
-    on a busier machine would otherwise keep winning over the new ones."""
+    measured candidates in all (0: no search), appending records to the database directory
+    `records`. With `fresh`, the kernels' earlier records are removed first (`forget_records`):
+    compile applies a kernel's fastest record as measured, so records timed another way (hot
+    rather than cold) or on a busier machine would otherwise keep winning over the new ones.
+
+    `check`, given the kernels after the search, returns the indices of those whose fastest
+    record must give way to the default schedule (it lost in the whole model): their records are
+    removed and the default's record, as measured in this run, is committed again.
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    if trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {trials}")
+    if trials < 0:
+        raise UsageError(f"--trials must be 0 or more, got {trials}")
     start = time.perf_counter()
     records.mkdir(parents=True, exist_ok=True)
     tune_target = _with_cores(target, threads)
@@ -186,74 +196,115 @@ def tune_kernels(
         )
         runner = _runner(rpc, tracker, key, timeout_s)
         progress(f"measuring the default schedules of {len(tasks)} kernels")
-        kernels = _measure_defaults(tasks, tune_target, database, builder, runner)
-        chosen = _heaviest(kernels, COVERAGE)
-        progress(
-            f"tuning the {len(chosen)} kernels that take {COVERAGE:.0%} of the time with default schedules"
-        )
-        watcher = _Progress(kernels, chosen, trials, progress)
-        with tempfile.TemporaryDirectory(prefix="passc-tune-") as work_dir:
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [tasks[i] for i in chosen],
-                work_dir,
-                strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
-                num_threads=threads,
-            )
-            ms.tune_tasks(
-                tasks=contexts,
-                task_weights=weights,
-                work_dir=work_dir,
-                max_trials_global=trials,
-                num_trials_per_iter=max(MIN_BATCH, min(BATCH, trials // len(chosen))),
-                builder=watcher.builder(builder),
-                runner=runner,
-                database=database,
-                cost_model="xgb",
-                measure_callbacks=[*_default_callbacks(), watcher.callback()],
-            )
-    for kernel, task in zip(kernels, tasks, strict=True):
+        kernels, defaults = _measure_defaults(tasks, tune_target, database, builder, runner)
+        for kernel, symbols in zip(kernels, _task_symbols(mod, tasks), strict=True):
+            kernel.symbols = symbols
+        watcher = _Progress(kernels, [], trials, progress)
+        if trials > 0:
+            _search(tasks, kernels, trials, threads, builder, runner, database, watcher)
+    for i, (kernel, task) in enumerate(zip(kernels, tasks, strict=True)):
         best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
         kernel.best_us = _mean_us(best[0].run_secs) if best else None
+        kernel.tuned = bool(best) and (i not in defaults or str(best[0].trace) != str(defaults[i].trace))
+    if check is not None:
+        reverted = sorted(i for i in check(kernels) if i in defaults)
+        forget_records(records, [tasks[i].dispatched[0] for i in reverted])
+        for i in reverted:
+            database.commit_tuning_record(defaults[i])
+            kernels[i].best_us, kernels[i].tuned, kernels[i].reverted = kernels[i].default_us, False, True
     return TuneReport(records, watcher.trials, time.perf_counter() - start, kernels)
+
+
+def _search(
+    tasks: list[Any],
+    kernels: list[KernelResult],
+    trials: int,
+    threads: int,
+    builder: Any,
+    runner: Any,
+    database: Any,
+    watcher: _Progress,
+) -> None:
+    """MetaSchedule's evolutionary search over the kernels that take the time, `trials` in all."""
+    from tvm.s_tir import meta_schedule as ms
+
+    chosen = _heaviest(kernels, COVERAGE)
+    watcher.progress(
+        f"tuning the {len(chosen)} kernels that take {COVERAGE:.0%} of the time with default schedules"
+    )
+    watcher.tuned = chosen
+    with tempfile.TemporaryDirectory(prefix="passc-tune-") as work_dir:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [tasks[i] for i in chosen],
+            work_dir,
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
+            num_threads=threads,
+        )
+        ms.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=work_dir,
+            max_trials_global=trials,
+            num_trials_per_iter=max(MIN_BATCH, min(BATCH, trials // len(chosen))),
+            builder=watcher.builder(builder),
+            runner=runner,
+            database=database,
+            cost_model="xgb",
+            measure_callbacks=[*_default_callbacks(), watcher.callback()],
+        )
 
 
 def _measure_defaults(
     tasks: list[Any], target: Any, database: Any, builder: Any, runner: Any
-) -> list[KernelResult]:
-    """Builds and times each task's default schedule in one batch and commits it as a record."""
+) -> tuple[list[KernelResult], dict[int, Any]]:
+    """Builds and times each task's default schedule in one batch and commits it as a record;
+    returns the kernels and, by task index, the records committed."""
     from tvm.s_tir import meta_schedule as ms
 
     from passc.schedules import default_schedule
 
     kernels = [KernelResult(task.task_name, int(task.weight), None) for task in tasks]
     scheduled = []
-    for kernel, task in zip(kernels, tasks, strict=True):
+    for i, task in enumerate(tasks):
         with target:
             schedule = default_schedule(task.dispatched[0]["main"], target)
         if schedule is not None:
-            scheduled.append((kernel, task, schedule))
+            scheduled.append((i, task, schedule))
     built = builder.build([ms.builder.BuilderInput(s.mod, target) for _, _, s in scheduled])
-    inputs, measured = [], []
-    for (kernel, task, schedule), result in zip(scheduled, built, strict=True):
+    inputs, measured, defaults = [], [], {}
+    for (i, task, schedule), result in zip(scheduled, built, strict=True):
         if result.error_msg is None:
             args = ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
             inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
-            measured.append((kernel, task, schedule, args))
+            measured.append((i, task, schedule, args))
     try:
-        for (kernel, task, schedule, args), future in zip(measured, runner.run(inputs), strict=True):
+        for (i, task, schedule, args), future in zip(measured, runner.run(inputs), strict=True):
             result = future.result()
             if result.error_msg is not None or not result.run_secs:
                 continue
-            kernel.default_us = _mean_us(result.run_secs)
+            kernels[i].default_us = _mean_us(result.run_secs)
             workload = database.commit_workload(task.dispatched[0])
-            database.commit_tuning_record(
-                ms.database.TuningRecord(schedule.trace, workload, result.run_secs, target, args)
-            )
+            defaults[i] = ms.database.TuningRecord(schedule.trace, workload, result.run_secs, target, args)
+            database.commit_tuning_record(defaults[i])
     finally:
         for result in built:
             if result.artifact_path is not None:
                 shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
-    return kernels
+    return kernels, defaults
+
+
+def _task_symbols(mod: Any, tasks: list[Any]) -> list[list[str]]:
+    """For each task, the names of the kernels in `mod` it stands for (a task is one kernel
+    structure; a model may call several kernels of that structure)."""
+    import tvm
+    from tvm_ffi import structural_hash
+
+    names: dict[int, list[str]] = {}
+    for var, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            key = structural_hash(func.with_attr("global_symbol", "main"))
+            names.setdefault(key, []).append(var.name_hint)
+    return [names.get(structural_hash(task.dispatched[0]["main"]), []) for task in tasks]
 
 
 def require_tuning_packages() -> None:

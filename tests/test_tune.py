@@ -127,7 +127,7 @@ def test_records_that_match_no_kernel_change_nothing(tmp_path: Path, monkeypatch
         (["--rpc", "127.0.0.1:9190", "--tracker", "127.0.0.1:9190", "--key", "k"], "not both"),
         (["--rpc", "board"], "--rpc must be HOST:PORT"),
         (["--tracker", "127.0.0.1:9190"], "--tracker needs --key"),
-        (["--trials", "0"], "--trials must be at least 1"),
+        (["--trials", "-1"], "--trials must be 0 or more"),
         (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
@@ -206,6 +206,99 @@ def test_forget_records_removes_only_the_given_kernels_records(tmp_path: Path) -
     assert len(reopened.get_top_k(reopened.commit_workload(kernels[1]), 5)) == 2
     artifact = passc.compile(_tiny_conv(tmp_path), "host", tmp_path / "art", records=[records])
     assert artifact.manifest["tuned_kernels"] == 1
+
+
+def _commit_naive_record(records: Path, model: Path, seconds: float) -> None:
+    """Commits, for each kernel of `model`, a record whose trace transforms nothing (TVM's naive
+    loops, far slower than the default schedule; an empty trace is never applied) that claims
+    `seconds`: a search's winner measured wrong."""
+    import onnx_ir as ir
+    import tvm
+    from passc.targets import get_target
+    from tvm.s_tir import meta_schedule as ms
+
+    from passc.lowering import legalized_kernels
+
+    mod, target = legalized_kernels(ir.load(model), get_target("host").tvm)
+    records.mkdir()
+    database = ms.database.JSONDatabase(work_dir=str(records))
+    for task in ms.relax_integration.extract_tasks(mod, target):
+        workload = database.commit_workload(task.dispatched[0])
+        naive = tvm.s_tir.Schedule(task.dispatched[0])
+        naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])  # looks, changes nothing
+        database.commit_tuning_record(ms.database.TuningRecord(naive.trace, workload, [seconds], target))
+
+
+def test_a_record_that_loses_in_the_model_gives_way_to_the_default(tmp_path: Path) -> None:
+    """`tune --trials 0` checks the records a database holds: each kernel's fastest record claims
+    1 ns but is TVM's naive loops; timed in the model against the default schedule it loses, so
+    its record goes and the default's stays, which the next compile applies."""
+    import onnx_ir as ir
+
+    import passc
+
+    rng = np.random.default_rng(0)
+    model, records = tmp_path / "conv.onnx", tmp_path / "records"
+    ir.save(
+        weighted_model(  # 4.7 M multiply-adds: naive loops take milliseconds, the default ~0.1 ms
+            "(float[1, 16, 32, 32] x) => (float y)",
+            "h = Conv<pads = [1, 1, 1, 1]>(x, w, b) y = Relu(h)",
+            w=rng.standard_normal((32, 16, 3, 3)).astype(np.float32),
+            b=rng.standard_normal(32).astype(np.float32),
+        ),
+        model,
+    )
+    _commit_naive_record(records, model, 1e-9)
+    lines: list[str] = []
+    report = passc.tune(model, "host", trials=0, records=records, threads=2, progress=lines.append)
+    assert report.trials == 0
+    [kernel] = report.kernels
+    assert kernel.symbols  # found in the model
+    assert set(kernel.in_model) == {1, 2}
+    assert min(kernel.in_model.values()) > 3  # naive loops, far slower in the model
+    assert kernel.reverted and not kernel.tuned
+    assert kernel.best_us == kernel.default_us
+    assert any("checking 1 searched kernels in the model" in line for line in lines)
+    assert all(r[1][1][0] > 1e-8 for r in _records(records))  # the 1 ns record is gone
+    artifact = passc.compile(model, "host", tmp_path / "art", records=[records])
+    assert artifact.manifest["tuned_kernels"] == 1  # from the default's record
+    inputs = artifact.random_inputs()
+    default = passc.compile(model, "host", tmp_path / "default", records=[])
+    np.testing.assert_array_equal(artifact(**inputs)["y"], default(**inputs)["y"])
+
+
+def test_the_in_model_check_keeps_only_kernels_faster_in_the_model(tmp_path: Path, monkeypatch) -> None:
+    """The decision alone, on timings given to it: per round, a kernel's searched time over its
+    default time; a kernel stays searched only if the median is at most KEEP_BELOW at each thread
+    count checked."""
+    import passc.tuner as tuner
+
+    model, records = _tiny_conv(tmp_path), tmp_path / "records"
+    _commit_naive_record(records, model, 1e-9)
+
+    import onnx_ir as ir
+    import tvm
+    from passc.targets import get_target
+
+    from passc.lowering import legalized_kernels
+
+    mod, _ = legalized_kernels(ir.load(model), get_target("host").tvm)
+    first, second = sorted(v.name_hint for v, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+
+    def fake_times(executables, arrays, *, threads, rounds):
+        default = [{first: 1.0, second: 1.0} for _ in range(rounds)]
+        # first: faster at both thread counts but for one outlier round; second: slower at 1 thread
+        tuned = [{first: 0.9, second: 0.95 if threads > 1 else 1.05} for _ in range(rounds)]
+        tuned[0][first] = 5.0
+        return [default, tuned]
+
+    monkeypatch.setattr(tuner, "kernel_times", fake_times)
+    report = tuner.tune_model(model, "host", trials=0, records=records, threads=2)
+    kept = {k.symbols[0]: not k.reverted for k in report.kernels}
+    assert kept == {first: True, second: False}
+    by_name = {k.symbols[0]: k for k in report.kernels}
+    assert by_name[first].in_model == {2: 0.9, 1: 0.9}
+    assert by_name[second].in_model == {2: 0.95, 1: 1.05}
 
 
 def test_tuning_spends_trials_on_the_kernels_that_take_the_time() -> None:
