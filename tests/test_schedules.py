@@ -122,6 +122,21 @@ class _Upsample(nn.Module):
         return self.padded(self.up3(torch.relu(self.up2(x))))
 
 
+class _SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-excite block over a 24×24 map, then the global average pool: two means
+    over 576 contiguous values (16-lane partials), and one over a 7×7 corner (49: no partials)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(16, 4, 1)
+        self.up = nn.Conv2d(4, 16, 1)
+
+    def forward(self, x):
+        s = nn.functional.hardsigmoid(self.up(torch.relu(self.down(x.mean((2, 3), keepdim=True)))))
+        y = x * s
+        return y.mean((2, 3)) + y[:, :, :7, :7].mean((2, 3))
+
+
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
@@ -133,6 +148,7 @@ MODELS = {
     "box-softmax": (_BoxSoftmax, (1, 16, 4, 30)),
     "pools-wide": (_Pools, (1, 4, 100, 100)),
     "upsample": (_Upsample, (1, 8, 5, 7)),
+    "squeeze-excite": (_SqueezeExcite, (1, 16, 24, 24)),
 }
 
 
@@ -491,6 +507,23 @@ def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule:
     assert len(chosen) == count, sorted(kernels)
     with target:
         assert all(getattr(rules, rule)().apply(f, target, False) is not None for f in chosen)
+
+
+def test_means_over_trailing_axes_sum_in_vector_partials(tmp_path: Path) -> None:
+    """TrailingSum takes the squeeze-excite mean and the final pool (576 = 36 × 16 values each, the
+    second with the residual add as epilogue), not the mean over a 7×7 corner (49 values)."""
+    from passc.schedules import rules
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    kernels = _legalized("squeeze-excite", tmp_path, target)
+    with target:
+        taken = {
+            name: rules.TrailingSum().apply(f, target, False) is not None
+            for name, f in kernels.items()
+            if "mean" in name
+        }
+    assert sorted(taken.values()) == [False, True, True], taken
+    assert not taken["mean2"]
 
 
 def _int8_matmul(tmp_path: Path) -> tuple[Path, np.ndarray]:
