@@ -139,7 +139,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per engine (median)")
     parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host target's default")
     parser.add_argument(
-        "--tune", type=int, metavar="TRIALS", help="tune each model first, adding to --records"
+        "--tune",
+        type=int,
+        metavar="TRIALS",
+        help="tune each model first, adding to --records (0: only check the records in the model)",
     )
     parser.add_argument("--records", type=Path, help="tuning records (default bench/records/host-CPU)")
     parser.add_argument(
@@ -158,7 +161,7 @@ def main() -> None:
     models = suite(args.cache_dir, names)
     work = args.out or Path(tempfile.mkdtemp(prefix="passc-cpu-"))
     records = args.records or RECORDS / f"host-{resolve_target(_target(args.mcpu).tvm)['mcpu']}"
-    if args.tune:
+    if args.tune is not None:
         for name, model in models.items():
             start = time.perf_counter()
             report = passc.tune(
@@ -170,9 +173,12 @@ def main() -> None:
                 progress=lambda line, name=name: print(f"{name}: {line}", flush=True),
             )
             default, best = report.total("default_us") / 1e3, report.total("best_us") / 1e3
+            kept = sum(1 for k in report.kernels if k.tuned)
+            reverted = sum(1 for k in report.kernels if k.reverted)
             print(
                 f"{name}: tuned {report.trials} trials in {time.perf_counter() - start:.0f} s; "
-                f"summed kernel latency {default:.2f} -> {best:.2f} ms"
+                f"summed kernel latency {default:.2f} -> {best:.2f} ms; checked in the model: "
+                f"{kept} kernels keep searched schedules, {reverted} went back to the default"
             )
     rows = []
     for name, model in models.items():
