@@ -172,15 +172,19 @@ _PARALLEL_MIN = 4096  # elements of work below which a thread pool launch costs 
 
 def _vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec) -> None:
     """A spatial block as one parallel loop over vectors of `lanes`. When the innermost extent is
-    a multiple of `lanes` all loops fuse (the vector index stays contiguous); otherwise the outer
-    loops fuse and the innermost is left to LLVM, since a vector across rows would need per-lane
-    division to index."""
+    a multiple of `lanes` it splits into vectors and every loop outside fuses, so only the
+    innermost index depends on the lane: a condition on an outer axis (a concat's, on channels)
+    stays one branch per vector, where a split of all loops fused made it a per-lane select that
+    loads from both inputs (two 16×256² inputs concatenated, 1 thread: 1.81 -> 1.53 ms; two
+    32×64²: 324 -> 232 µs). Otherwise the
+    outer loops fuse and the innermost is left to LLVM, since a vector across rows would need
+    per-lane division to index."""
     loops = sch.get_loops(block)
     extents = [int(sch.get(loop).extent) for loop in loops]
     total = math.prod(extents)
     if extents[-1] % spec.lanes == 0:
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        outer, inner = sch.split(fused, [None, spec.lanes])
+        chunk, inner = sch.split(loops[-1], [None, spec.lanes])
+        outer = sch.fuse(*loops[:-1], chunk) if len(loops) > 1 else chunk
         sch.vectorize(inner)
     elif len(loops) > 1:
         outer = sch.fuse(*loops[:-1])
