@@ -199,9 +199,9 @@ def tune_kernels(
         kernels, defaults = _measure_defaults(tasks, tune_target, database, builder, runner)
         for kernel, symbols in zip(kernels, _task_symbols(mod, tasks), strict=True):
             kernel.symbols = symbols
-        watcher = _Progress(kernels, [], trials, progress)
-        if trials > 0:
-            _search(tasks, kernels, trials, threads, builder, runner, database, watcher)
+        searched = (
+            _search(tasks, kernels, trials, threads, builder, runner, database, progress) if trials else 0
+        )
     for i, (kernel, task) in enumerate(zip(kernels, tasks, strict=True)):
         best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
         kernel.best_us = _mean_us(best[0].run_secs) if best else None
@@ -212,7 +212,7 @@ def tune_kernels(
         for i in reverted:
             database.commit_tuning_record(defaults[i])
             kernels[i].best_us, kernels[i].tuned, kernels[i].reverted = kernels[i].default_us, False, True
-    return TuneReport(records, watcher.trials, time.perf_counter() - start, kernels)
+    return TuneReport(records, searched, time.perf_counter() - start, kernels)
 
 
 def _search(
@@ -223,16 +223,15 @@ def _search(
     builder: Any,
     runner: Any,
     database: Any,
-    watcher: _Progress,
-) -> None:
-    """MetaSchedule's evolutionary search over the kernels that take the time, `trials` in all."""
+    progress: Callable[[str], None],
+) -> int:
+    """MetaSchedule's evolutionary search over the kernels that take the time, `trials` in all;
+    returns how many candidates it measured."""
     from tvm.s_tir import meta_schedule as ms
 
     chosen = _heaviest(kernels, COVERAGE)
-    watcher.progress(
-        f"tuning the {len(chosen)} kernels that take {COVERAGE:.0%} of the time with default schedules"
-    )
-    watcher.tuned = chosen
+    progress(f"tuning the {len(chosen)} kernels that take {COVERAGE:.0%} of the time with default schedules")
+    watcher = _Progress(kernels, chosen, trials, progress)
     with tempfile.TemporaryDirectory(prefix="passc-tune-") as work_dir:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [tasks[i] for i in chosen],
@@ -252,6 +251,7 @@ def _search(
             cost_model="xgb",
             measure_callbacks=[*_default_callbacks(), watcher.callback()],
         )
+    return watcher.trials
 
 
 def _measure_defaults(

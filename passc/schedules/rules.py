@@ -456,10 +456,8 @@ class TrailingSum(_Rule):
         fused = sch.fuse(*reduce_loops) if count > 1 else reduce_loops[0]
         _, lane = sch.split(fused, [None, lanes])
         partial = sch.rfactor(lane, factor_axis=len(spatial))
-        rf_loops = sch.get_loops(partial)
-        outer = sch.fuse(*rf_loops[: len(spatial)]) if len(spatial) > 1 else rf_loops[0]
-        chunk, lane = sch.get_loops(partial)[-2:]
-        sch.reorder(chunk, lane)
+        *rows, chunk, lane = sch.get_loops(partial)  # rfactor keeps the chunks outside the lanes
+        outer = sch.fuse(*rows) if len(rows) > 1 else rows[0]
         sch.vectorize(lane)
         sch.reverse_compute_at(main.rv, outer)
         if consumers:
