@@ -142,6 +142,7 @@ MODELS = {
     "separable": (_Separable, (1, 8, 20, 20)),
     "separable-wide": (_Separable, (1, 8, 48, 48)),  # depthwise outputs 48 and 24 wide
     "wide-kernels": (_WideKernels, (1, 24, 14, 14)),
+    "wide-kernels-short": (_WideKernels, (1, 24, 2, 96)),  # PaddleOCR's classifier: 2 rows of 96
     "attention": (_Attention, (2, 12, 32)),
     "attention-13": (_Attention, (1, 13, 32)),  # a prime token count: the matmuls get padded
     "attention-41": (_Attention, (1, 41, 32)),  # softmax rows of 41: two partial chunks and a tail of 9
@@ -403,6 +404,41 @@ def test_vector_erf_is_within_4e_7_of_the_exact_erf() -> None:
     assert np.max(np.abs(result - scipy.special.erf(values.astype(np.float64)))) <= 4e-7
 
 
+@pytest.mark.parametrize(
+    ("divisor", "multiplies"),
+    [
+        (np.float32(6.0), True),
+        (np.float32(0.125), True),
+        (np.float32(3e38), False),
+        (np.full((1, 1), 6.0, np.float32), False),
+    ],
+)
+def test_division_by_a_constant_multiplies_by_its_reciprocal(divisor: np.ndarray, multiplies: bool) -> None:
+    """x / 6 becomes x · fl(1/6): no division left in the kernel, within one float32 ulp of the
+    correctly rounded quotient (exact for 1/8). A divisor whose reciprocal is subnormal (3e38)
+    and a divisor of shape [1, 1], which broadcasts x to two axes, keep TVM's division."""
+    from tvm import relax
+
+    from passc.schedules import legalize_passes, schedule_passes
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1 << 12,), "float32"))
+    with builder.function("main", [x]):
+        builder.emit_func_output(builder.emit(relax.op.divide(x, relax.const(divisor))))
+    target = tvm.target.Target({"kind": "llvm"})
+    with target:
+        mod = tvm.transform.Sequential(legalize_passes() + schedule_passes(target))(builder.get())
+    kernels = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert [" / " not in k for k in kernels] == [multiplies]
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    values = np.linspace(-1e4, 1e4, 1 << 12, dtype=np.float32)
+    result = vm["main"](tvm.runtime.tensor(values)).numpy()
+    quotient = values / divisor
+    if divisor.size == 1 and divisor == 0.125:
+        np.testing.assert_array_equal(result, quotient)
+    assert np.all(np.abs(result - quotient) <= np.spacing(np.abs(quotient)))
+
+
 @pytest.mark.parametrize("op", ["exp", "sigmoid"])
 def test_vector_exp_and_sigmoid_never_return_subnormals(op: str) -> None:
     """Far below zero, e^x and sigmoid(x) return 1.6e-38 (e^−87) instead of a subnormal, whose
@@ -454,6 +490,24 @@ def test_wide_and_strided_depthwise_convs_take_the_loop_vectorized_schedule(
         ]
         assert len(depthwise) == 2  # the stride-1 and the stride-2 depthwise conv
         assert sum(WideDepthwise().apply(f, target, False) is not None for f in depthwise) == taken
+
+
+def test_stride_1_depthwise_convs_keep_their_output_row_in_vector_registers(tmp_path: Path) -> None:
+    """wide-kernels-short's 5×5 conv (96 columns) and 3×3 conv (48) run at stride 1 over rows of
+    whole vectors: their schedules vectorize in TIR (the row's accumulators). The stride-2 conv
+    (48 columns from 96) is left to LLVM's loop vectorizer."""
+    from passc.schedules.rules import WideDepthwise
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    kernels = _legalized("wide-kernels-short", tmp_path, target)
+    depthwise = {
+        k: f for k, f in kernels.items() if "conv2d" in k and not any(p in k for p in ("packed", "pointwise"))
+    }
+    assert len(depthwise) == 3, sorted(kernels)
+    with target:
+        scheduled = [WideDepthwise().apply(f, target, False) for f in depthwise.values()]
+    assert all(s is not None for s in scheduled)
+    assert sorted("T.vectorized" in s.mod.script() for s in scheduled) == [False, True, True]
 
 
 @pytest.mark.parametrize(

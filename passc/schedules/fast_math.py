@@ -1,4 +1,5 @@
-"""exp, sigmoid, softmax and erf in vector arithmetic, so their kernels vectorize.
+"""exp, sigmoid, softmax and erf in vector arithmetic, so their kernels vectorize; division by a
+constant as a multiplication.
 
 LLVM has no vector exp on x86 or AArch64 without a vector math library: TIR's `exp` and
 `sigmoid` become one libm `expf` call per element, which made the SiLU epilogue of a YOLO conv
@@ -19,6 +20,14 @@ softmax(x)ᵢ = e^(xᵢ − max x) / Σⱼ e^(xⱼ − max x) use the same exp.
 
 float32 erf (GELU's) legalizes to TOPI's `fast_erf`, a rational approximation in the same kind
 of arithmetic: measured absolute error 3.7e-7 over [−6, 6], 38× faster than libm's erff.
+
+A float32 division by a scalar constant c (hardswish's x·relu6(x + 3) / 6) legalizes to
+x · fl(1/c): a vector division costs about ten multiplications' time on x86, and LLVM may not
+make the swap itself (it is not exact). The result is within one float32 ulp of x / c (the two
+roundings, of 1/c and of the product, add at most half an ulp each) and exact when c is a power
+of two. PaddleOCR's direction classifier, whose hardswish epilogues divide by 6, ran 10% faster
+(one thread, AVX-512: 0.557 → 0.504 ms).
+
 Other dtypes legalize as TVM's own.
 """
 
@@ -26,6 +35,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import tvm
 from tvm import relax, te, tirx, topi
 
 __all__ = ["FAST_MATH", "exp32"]
@@ -79,10 +90,31 @@ def _float32_only(compute: Any, name: str, attrs: Any = lambda call: ()) -> Any:
     return legalize
 
 
+def _divide_by_constant(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """x / c as x · fl(1/c) (the module docstring) for float32 x and a constant c of one element
+    that does not broadcast x to more axes; None (TVM's division) otherwise."""
+    x, divisor = call.args
+    if str(call.ty.dtype) != "float32" or not isinstance(divisor, tvm.ir.expr.Constant):
+        return None
+    value = divisor.value.numpy()
+    if value.size != 1 or str(value.dtype) != "float32" or x.ty.ndim != call.ty.ndim or call.ty.ndim < 0:
+        return None
+    reciprocal = np.float32(1.0) / value.reshape(())
+    if not np.isfinite(reciprocal) or abs(reciprocal) < np.finfo(np.float32).tiny:
+        return None  # c is 0, inf, nan or so large that 1/c is no normal number: divide
+    factor = tirx.const(float(reciprocal), "float32")
+
+    def multiply(t: te.Tensor) -> te.Tensor:
+        return te.compute(t.shape, lambda *i: t(*i) * factor, name="multiply")
+
+    return bb.call_te(multiply, x, primfunc_name_hint="multiply")
+
+
 # Relax op → legalization, or None where TVM's own applies (`passc.schedules.legalize`).
 FAST_MATH: dict[str, Any] = {
     "relax.exp": _float32_only(_exp, "exp"),
     "relax.sigmoid": _float32_only(_sigmoid, "sigmoid"),
     "relax.nn.softmax": _float32_only(_softmax, "softmax", lambda call: (int(call.attrs.axis),)),
     "relax.erf": _float32_only(topi.fast_erf, "erf"),
+    "relax.divide": _divide_by_constant,
 }

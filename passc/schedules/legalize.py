@@ -1,6 +1,6 @@
 """The Relax phases that turn ops into the PrimFuncs passc's rules schedule.
 
-TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of nine ops
+TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of these ops
 replaced where passc's apply:
 - conv2d by the packed or the pointwise conv, and a transposed conv whose kernel is its stride by
   the packed conv's reduction (`passc.schedules.packed_conv`); a depthwise conv with a wide
@@ -10,8 +10,8 @@ replaced where passc's apply:
   and column panels (`passc.schedules.packed_dense`);
 - softmax and layer norm over the last axis by reductions in partials
   (`passc.schedules.row_reduction`);
-- float32 exp, sigmoid, softmax over other axes and erf by vector arithmetic
-  (`passc.schedules.fast_math`).
+- float32 exp, sigmoid, softmax over other axes and erf by vector arithmetic, and a float32
+  division by a constant by a multiplication (`passc.schedules.fast_math`).
 Each of passc's legalizations returns None where it does not apply, and the op gets TVM's own.
 """
 
