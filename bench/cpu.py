@@ -13,7 +13,8 @@ tune` on each model with that budget (2 threads, the host target's), adding to t
 Then, for each thread count, one worker process (TVM reads TVM_NUM_THREADS once per process) runs
 the artifacts and onnxruntime (intra_op_num_threads = TVM_NUM_THREADS, inter_op 1) on the original
 ONNX model, interleaved (each run after a pause of PAUSE_S, so that no engine's spinning threads
-slow the next), one warm-up each then --runs timed runs, and reports the medians and the
+slow the next; each round starts one engine later than the last, so no engine always follows the
+same one), one warm-up each then --runs timed runs, and reports the medians and the
 passc outputs' max relative error against onnxruntime. The table gives passc / onnxruntime latency
 (below 1 is faster than onnxruntime) for the default schedules and tuned, and untuned / default
 (the schedules' speed-up), with geometric means per thread count.
@@ -118,11 +119,16 @@ def _worker(spec: dict) -> dict:
     times: dict[str, list[float]] = {name: [] for name in engines}
     for run in engines.values():
         run()  # warm-up: first-call allocation and thread pool start
-    for _ in range(spec["runs"]):
-        for name, run in engines.items():  # interleaved, so load changes hit every engine alike
+    names = list(engines)
+    for round_ in range(spec["runs"]):
+        # Interleaved, so load changes hit every engine alike, and each round starts one engine
+        # later, so no engine always runs after the same one (after untuned's seconds of naive
+        # loops, say, which leave the caches full of its own data).
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             time.sleep(PAUSE_S)  # the previous engine's idle workers stop spinning
             start = time.perf_counter()
-            run()
+            engines[name]()
             times[name].append(time.perf_counter() - start)
     return {"ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}, "max_rel": errors}
 
