@@ -47,7 +47,15 @@ import tvm
 from tvm import relax, te, topi
 from tvm.target import Target
 
-from passc.schedules.rules import PACKED_CONV, POINTWISE_CONV, CPUSpec, _for_bits, cpu_spec, pointwise_tile
+from passc.schedules.rules import (
+    PACKED_CONV,
+    POINTWISE_CONV,
+    CPUSpec,
+    _for_bits,
+    cpu_spec,
+    pointwise_tile,
+    vector_lanes,
+)
 
 __all__ = ["legalize_conv2d", "legalize_conv2d_transpose", "pack_weight"]
 
@@ -160,12 +168,6 @@ def _conv_spec(
     return float_spec(target, attrs.out_dtype, data, weight)
 
 
-def _pack_lanes(spec: CPUSpec, out_channels: int) -> int | None:
-    """The pack width: a full vector, else half of one (MobileNet's 24 channels on AVX-512: 3
-    vectors of 8), dividing the output channels; None when neither does."""
-    return next((v for v in (spec.lanes, spec.lanes // 2) if v >= 4 and out_channels % v == 0), None)
-
-
 def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
     """The packed conv for this conv2d, or None (TVM's own legalization) where it does not apply."""
     target = Target.current(allow_none=True)
@@ -173,7 +175,7 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | No
     if spec is None:
         return None
     weight = call.args[1].value.numpy()
-    lanes = _pack_lanes(spec, weight.shape[0])
+    lanes = vector_lanes(spec, weight.shape[0])
     if lanes is None:
         return None
     attrs = call.attrs
@@ -208,7 +210,7 @@ def legalize_conv2d_transpose(bb: relax.BlockBuilder, call: relax.Call) -> relax
         return None
     if any(int(p) for p in attrs.padding) or any(int(p) for p in attrs.output_padding):
         return None
-    lanes = _pack_lanes(spec, kernel.shape[1])
+    lanes = vector_lanes(spec, kernel.shape[1])
     if lanes is None:
         return None
     packed = relax.const(pack_weight(np.ascontiguousarray(kernel.transpose(1, 0, 2, 3)), lanes))

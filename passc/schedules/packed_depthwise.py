@@ -40,8 +40,8 @@ import tvm
 from tvm import relax, te
 from tvm.target import Target
 
-from passc.schedules.packed_conv import _conv_spec, _pack_lanes, pack_weight
-from passc.schedules.rules import DEPTHWISE_BLOCKS, PACKED_DEPTHWISE
+from passc.schedules.packed_conv import _conv_spec, pack_weight
+from passc.schedules.rules import DEPTHWISE_BLOCKS, PACKED_DEPTHWISE, vector_lanes
 
 # Kernels with fewer taps keep NCHW: the two transposes cost more than the vectors save (3×3).
 MIN_TAPS = 25
@@ -94,7 +94,7 @@ def legalize_depthwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax
     if int(attrs.groups) != channels or group_width != 1 or int(data.ty.shape[1]) != channels:
         return None
     out_width = int(call.ty.shape[3])
-    lanes = _pack_lanes(spec, channels)
+    lanes = vector_lanes(spec, channels)
     if kernel_h * kernel_w < MIN_TAPS or out_width > MAX_WIDTH or lanes is None:
         return None
     packed = relax.const(pack_weight(weight.value.numpy(), lanes)[:, 0])  # [C/V, 1, Kh, Kw, V] without its 1
