@@ -398,12 +398,19 @@ def kernel_times(
     the model runs it: after the kernel before it, with the caches that one left. Returns, per
     executable, one dict per round: kernel symbol -> seconds, summed over its calls in the run.
     TVM's thread pool runs `threads` threads meanwhile and is set back afterwards.
+
+    TVM sizes its pool once per process, when it is first used, from TVM_NUM_THREADS (else from
+    half the logical CPUs on x86: one thread on a 2-vCPU machine), and can later only run fewer
+    threads than that. So unless TVM_NUM_THREADS is set, this sets it to `threads` first, and it
+    raises PasscError when the pool cannot run `threads` threads, rather than time fewer.
     """
     import tvm
     from tvm import relax
 
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     configure = tvm.get_global_func("runtime.config_threadpool")
-    before = tvm.get_global_func("runtime.NumThreads")()
+    count = tvm.get_global_func("runtime.NumThreads")
+    before = count()
     vms = [relax.VirtualMachine(e, tvm.cpu()) for e in executables]
     clocks = [_KernelClock() for _ in vms]
     for vm, clock in zip(vms, clocks, strict=True):
@@ -411,6 +418,12 @@ def kernel_times(
     tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
     samples: list[list[dict[str, float]]] = [[] for _ in vms]
     configure(1, threads)
+    if count() != threads:
+        configure(1, before)
+        raise PasscError(
+            f"TVM's thread pool in this process runs at most {count()} threads, not {threads}: "
+            f"set TVM_NUM_THREADS={threads} before TVM first runs a parallel kernel"
+        )
     try:
         for vm in vms:
             vm["main"](*tensors)  # warm-up: first-call allocations

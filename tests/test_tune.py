@@ -301,6 +301,51 @@ def test_the_in_model_check_keeps_only_kernels_faster_in_the_model(tmp_path: Pat
     assert by_name[second].in_model == {2: 0.95, 1: 1.05}
 
 
+_KERNEL_TIMES_AT_2_THREADS = """
+import sys
+import numpy as np
+import onnx_ir as ir
+import tvm
+from passc.errors import PasscError
+from passc.lowering import kernel_times, lower
+from passc.targets import get_target
+
+lowered = lower(ir.load(sys.argv[1]), get_target("host").tvm, [])
+arrays = [np.zeros(s.shape, s.dtype) for s in lowered.inputs] + [a for _, a in lowered.params]
+try:
+    kernel_times([lowered.executable], arrays, threads=2, rounds=1)
+except PasscError as err:
+    print("error:", err)
+tvm.get_global_func("runtime.config_threadpool")(1, 2)
+print("pool threads:", tvm.get_global_func("runtime.NumThreads")())
+"""
+
+
+def test_kernel_times_runs_the_thread_count_it_is_given(tmp_path: Path) -> None:
+    """TVM sizes its thread pool once per process (without TVM_NUM_THREADS: half the logical CPUs
+    on x86, one thread on 2 vCPUs) and cannot grow it later, so the in-model check at 2 threads
+    once timed 1 thread. `kernel_times` sizes the pool itself when it may, and refuses otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    model = _tiny_conv(tmp_path)
+    clean = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    runs = {}
+    for name, env in (("unset", clean), ("one", {**clean, "TVM_NUM_THREADS": "1"})):
+        done = subprocess.run(
+            [sys.executable, "-c", _KERNEL_TIMES_AT_2_THREADS, str(model)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        runs[name] = done.stdout
+    assert "error" not in runs["unset"] and "pool threads: 2" in runs["unset"]
+    assert "pool threads: 1" in runs["one"]
+    assert "runs at most 1 threads, not 2: set TVM_NUM_THREADS=2" in runs["one"]
+
+
 def test_tuning_spends_trials_on_the_kernels_that_take_the_time() -> None:
     kernels = [
         KernelResult("small", 1, 1.0),
