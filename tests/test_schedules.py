@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import weighted_model
 
 import passc
 from passc import oracle
@@ -510,6 +511,45 @@ def test_stride_1_depthwise_convs_keep_their_output_row_in_vector_registers(tmp_
     assert sorted("T.vectorized" in s.mod.script() for s in scheduled) == [False, True, True]
 
 
+def _rows_of_first_threads(script: str, block: str) -> set[int]:
+    """The output rows that the first half of a kernel's parallel loop writes in `block` (inner
+    loops at 0): what thread 0 of 2 computes. Read off the TVMScript of the scheduled kernel."""
+    import re
+
+    start = script.index(f'T.sblock("{block}")')
+    loops = re.findall(r"for (\w+) in T\.parallel\(T\.int64\((\d+)\)\)", script[:start])
+    parallel, extent = loops[-1]  # the one around the block
+    binding = re.search(r"v_y = T\.axis\.spatial\(T\.int64\(\d+\), (.*)\)\n", script[start:]).group(1)
+    names = set(re.findall(r"[A-Za-z_]\w*", binding)) - {"T", "int64"}
+    scope = {"T": type("T", (), {"int64": int}), **dict.fromkeys(names, 0)}
+    return {eval(binding, {**scope, parallel: i}) for i in range(int(extent) // 2)}
+
+
+def test_packed_convs_over_maps_larger_than_their_weights_run_bands_of_rows_in_parallel() -> None:
+    """A 3×3 conv whose input is larger than its weights cuts its rows into bands first, so the
+    first of 2 threads computes the top half of both blocks of 16 output channels (the rows the
+    previous kernel's first thread wrote), not all rows of the first block; a conv with more
+    weights than input keeps its channel blocks outermost (the first 2 of 4 blocks, all rows)."""
+    from passc.schedules.rules import PackedConv
+
+    rng = np.random.default_rng(0)
+    model = weighted_model(
+        "(float[1, 16, 32, 32] x) => (float y)",
+        "h = Conv<pads = [1, 1, 1, 1]>(x, w) p = MaxPool<kernel_shape = [4, 4], strides = [4, 4]>(h) "
+        "y = Conv<pads = [1, 1, 1, 1]>(p, w2)",
+        w=rng.standard_normal((32, 16, 3, 3)).astype(np.float32),  # 4608 weights, 18496 inputs (padded)
+        w2=rng.standard_normal((64, 32, 3, 3)).astype(np.float32),  # 18432 weights, 3200 inputs
+    )
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    kernels = _legalized_model(model, target)
+    convs = {k: f for k, f in kernels.items() if "conv2d_packed" in k}
+    assert len(convs) == 2, sorted(kernels)
+    with target:
+        scripts = {k: PackedConv().apply(f, target, False).mod.script() for k, f in convs.items()}
+    first = {k: _rows_of_first_threads(s, "conv2d_nchw_packed_update") for k, s in scripts.items()}
+    assert sorted(first.values(), key=len) == [set(range(8)), set(range(16))]  # 8×8: all; 32×32: the top half
+
+
 @pytest.mark.parametrize(
     ("plane", "channels", "spec", "tile"),
     [
@@ -528,11 +568,19 @@ def test_pointwise_tile(plane: tuple[int, int], channels: int, spec: CPUSpec, ti
 
 def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
     import onnx
+
+    return _legalized_model(onnx.load(_export(name, tmp_path)), target)
+
+
+def _legalized_model(model: object, target: object) -> dict[str, object]:
+    """The legalized kernels of an ONNX model (a ModelProto, or an onnx_ir model)."""
+    import onnx_ir as ir
     from tvm.relax.frontend.onnx import from_onnx
 
     from passc.schedules import legalize_passes
 
-    mod = from_onnx(onnx.load(_export(name, tmp_path)), keep_params_in_input=False)
+    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    mod = from_onnx(proto, keep_params_in_input=False)
     with target:
         mod = tvm.transform.Sequential(legalize_passes())(mod)
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}

@@ -173,10 +173,27 @@ def _divisor(extent: int, limit: int, multiple_of: int = 1) -> int:
     return (aligned or divisors)[-1]
 
 
+# The most bands of rows a packed conv's parallel loop cuts first (`row_bands`): a band per thread
+# for 1, 2 or 4 threads.
+ROW_BANDS = 4
 _PARALLEL_MIN = 4096  # elements of work below which a thread pool launch costs more than it saves
 
 
-def _vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec) -> None:
+def row_bands(height: int) -> int:
+    """How many bands of rows a map of `height` rows splits into as the outermost parallel loop:
+    the largest divisor of `ROW_BANDS` that divides `height` (1: no bands)."""
+    return math.gcd(height, ROW_BANDS)
+
+
+def _banded(sch: s_tir.Schedule, loops: list[Any], bands: int) -> list[Any]:
+    """NCHW loops n, c, y, x as band, n, c, y, x, with y cut into `bands` bands of rows."""
+    n, c, y, x = loops
+    band, rows = sch.split(y, [bands, None])
+    sch.reorder(band, n, c, rows, x)
+    return [band, n, c, rows, x]
+
+
+def _vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec, bands: int = 1) -> None:
     """A spatial block as one parallel loop over vectors of `lanes`. When the innermost extent is
     a multiple of `lanes` it splits into vectors and every loop outside fuses, so only the
     innermost index depends on the lane: a condition on an outer axis (a concat's, on channels)
@@ -184,10 +201,13 @@ def _vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec) -> None:
     loads from both inputs (two 16×256² inputs concatenated, 1 thread: 1.81 -> 1.53 ms; two
     32×64²: 324 -> 232 µs). Otherwise the
     outer loops fuse and the innermost is left to LLVM, since a vector across rows would need
-    per-lane division to index."""
+    per-lane division to index. With `bands`, an NCHW block whose rows they divide cuts its rows
+    into that many bands first (`PackedConv`'s pad)."""
     loops = sch.get_loops(block)
     extents = [int(sch.get(loop).extent) for loop in loops]
     total = math.prod(extents)
+    if bands > 1 and len(loops) == 4 and extents[2] % bands == 0:
+        loops = _banded(sch, loops, bands)
     if extents[-1] % spec.lanes == 0:
         chunk, inner = sch.split(loops[-1], [None, spec.lanes])
         outer = sch.fuse(*loops[:-1], chunk) if len(loops) > 1 else chunk
@@ -575,6 +595,16 @@ class PackedConv(_Rule):
     `vectors` weight vectors and broadcasts `rows` input scalars (any stride: no gathers). The
     accumulator tile is laid out channels-last, so a vector of it is contiguous; the epilogue
     (bias, activation, residual add) writes it back to NCHW per tile, while it is still hot.
+
+    When the input is larger than the weights, the parallel loop cuts the rows into `row_bands`
+    bands first, and so does the pad's copy when the bands divide its rows: each thread takes a
+    band of rows of every output channel rather than every row of some channels, so it reads the
+    rows that it wrote in the kernel before (in its core's cache) and writes those that it reads
+    in the next. Two threads, ResNet-18, in the model: its 64 → 64 3×3 convs at 56², 3.6 → 2.6 and
+    3.2 → 2.3 ms; the whole model 2–9% faster (MobileNetV2 3–10%), one thread unchanged. With more
+    weights than input (ResNet's 256 and 512 channels at 14² and 7²), each band would read all the
+    weights again (256 → 256 at 14², two threads: 2.4 → 2.8 ms), so those convs keep the channel
+    blocks outermost.
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
@@ -594,8 +624,18 @@ class PackedConv(_Rule):
         rows, vectors = conv_tile(main.extents[3], channel_blocks, spec, main.extents[6])
         outer_o, vector = sch.split(blocks_o, _tile(sch, blocks_o, channel_blocks, vectors))
         outer_x, row = sch.split(x, _tile(sch, x, main.extents[3], rows))
-        sch.reorder(n, outer_o, y, outer_x, i, kh, kw, row, vector, lane)
-        tile = sch.fuse(n, outer_o, y, outer_x)
+        block = sch.get(main.rv)
+        output = block.writes[0].source
+        sizes = {
+            len(r.region): math.prod(int(d) for d in r.source.shape)
+            for r in block.reads
+            if not r.source.same_as(output)
+        }
+        weight, data = sizes[5], sizes[4]
+        bands = row_bands(main.extents[2]) if weight < data else 1
+        band, y = sch.split(y, [bands, None])
+        sch.reorder(band, n, outer_o, y, outer_x, i, kh, kw, row, vector, lane)
+        tile = sch.fuse(band, n, outer_o, y, outer_x)
         if int(sch.get(tile).extent) > 1:
             sch.parallel(tile)
 
@@ -610,7 +650,7 @@ class PackedConv(_Rule):
         sch.annotate(i, "pragma_auto_unroll_max_step", 128)
         sch.annotate(i, "pragma_unroll_explicit", 1)
         for block in blocks[:index]:
-            _vectorize_flat(sch, block.rv, spec)
+            _vectorize_flat(sch, block.rv, spec, bands)
         return sch
 
 
