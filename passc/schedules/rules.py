@@ -602,10 +602,9 @@ class PackedConv(_Rule):
     rows that it wrote in the kernel before (in its core's cache) and writes those that it reads
     in the next. Two threads, ResNet-18, in the model: its 64 → 64 3×3 convs at 56², 3.3 → 2.8 and
     2.8 → 2.5 ms; the whole model 7–13% faster (MobileNetV2 6–10%, U-Net 9%), one thread within
-    ±2%. With more
-    weights than input (ResNet's 256 and 512 channels at 14² and 7²), each band would read all the
-    weights again (256 → 256 at 14², two threads: 2.4 → 2.8 ms), so those convs keep the channel
-    blocks outermost.
+    ±2%. With more weights than input (ResNet's 256 and 512 channels at 14² and 7²), each band
+    would read all the weights again (256 → 256 at 14², two threads: 2.4 → 2.8 ms), so those convs
+    keep the channel blocks outermost.
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
