@@ -617,22 +617,19 @@ class PackedConv(_Rule):
         consumers = _inline_injective(sch, blocks[index + 1 :])
         if len(consumers) > 1:
             return None
-        lanes = int(next(r for r in sch.get(main.rv).reads if len(r.region) == 5).source.shape[-1])
+        block = sch.get(main.rv)
+        output = block.writes[0].source
+        weight = next(r.source for r in block.reads if len(r.region) == 5)
+        data = next(r.source for r in block.reads if len(r.region) == 4 and not r.source.same_as(output))
+        lanes = int(weight.shape[-1])
         n, o, y, x, i, kh, kw = sch.get_loops(main.rv)
         channel_blocks = main.extents[1] // lanes
         blocks_o, lane = sch.split(o, [None, lanes])
         rows, vectors = conv_tile(main.extents[3], channel_blocks, spec, main.extents[6])
         outer_o, vector = sch.split(blocks_o, _tile(sch, blocks_o, channel_blocks, vectors))
         outer_x, row = sch.split(x, _tile(sch, x, main.extents[3], rows))
-        block = sch.get(main.rv)
-        output = block.writes[0].source
-        sizes = {
-            len(r.region): math.prod(int(d) for d in r.source.shape)
-            for r in block.reads
-            if not r.source.same_as(output)
-        }
-        weight, data = sizes[5], sizes[4]
-        bands = row_bands(main.extents[2]) if weight < data else 1
+        smaller = math.prod(int(d) for d in weight.shape) < math.prod(int(d) for d in data.shape)
+        bands = row_bands(main.extents[2]) if smaller else 1
         band, y = sch.split(y, [bands, None])
         sch.reorder(band, n, outer_o, y, outer_x, i, kh, kw, row, vector, lane)
         tile = sch.fuse(band, n, outer_o, y, outer_x)
