@@ -261,6 +261,21 @@ def test_conv_tile(width: int, blocks: int, kernel: int, spec: CPUSpec, tile: tu
     assert conv_tile(width, blocks, spec, kernel) == tile
 
 
+@pytest.mark.parametrize(
+    ("width", "blocks", "kernel", "tile"),
+    [
+        (14, 36, 1, (14, 1)),  # MobileNetV2's 96 → 576 at 14²: the whole row, not 7 × 2
+        (7, 60, 1, (7, 2)),  # 160 → 960 at 7²: a row of 7 leaves room for 2 vectors, as ranked
+        (56, 4, 3, (14, 1)),  # a 3×3 conv: rows first, as without
+        (28, 8, 1, (7, 2)),  # a row of 28 does not fit in 14 accumulators: ranked
+    ],
+)
+def test_conv_tile_of_whole_rows(width: int, blocks: int, kernel: int, tile: tuple[int, int]) -> None:
+    from passc.schedules import conv_tile
+
+    assert conv_tile(width, blocks, CPUSpec(16, 32), kernel, whole_rows=True) == tile
+
+
 def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) -> None:
     path = _export("separable", tmp_path)
     untuned = _compile(path, tmp_path / "untuned", monkeypatch, schedules=False)
