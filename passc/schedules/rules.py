@@ -575,11 +575,12 @@ def conv_tile(
     2917 against 3019, even).
 
     With `whole_rows` (`PackedConv`: a conv with more weights than input, whose channel blocks
-    run outermost), a 1×1 conv whose row the ranking would cut in two takes the whole row and one
-    vector instead: MobileNetV2's expansions at 14², in the model, one thread, 96 → 576 channels
-    895 → 760 µs and 64 → 384 channels 575 → 508 µs (two threads: 542 → 448, 390 → 312). A 1×1
-    conv with more input than weights keeps the ranking (576 → 96 channels at 14²: 191 µs as 7 × 2,
-    279 µs as 14 × 1)."""
+    run outermost), a 1×1 conv whose row fills more than half the accumulators (8 to 14 columns
+    with 32 registers) takes the whole row and one vector. MobileNetV2's expansions at 14², in
+    the model: 96 → 576 channels 895 → 760 µs and 64 → 384 channels 575 → 508 µs at one thread,
+    542 → 448 and 390 → 312 µs at two. A 1×1 conv with more input than weights keeps the ranking
+    (576 → 96 channels at 14²: 191 µs as 7 × 2, 279 µs as 14 × 1), and so does a row of 7 (160 →
+    960 channels at 7² ran the same as 7 × 1 and 7 × 2)."""
     budget = max(1, (spec.registers - 4) // 2)
     if whole_rows and kernel_width == 1 and budget // 2 < out_width <= budget:
         return out_width, 1
