@@ -138,6 +138,17 @@ class _SqueezeExcite(nn.Module):
         return y.mean((2, 3)) + y[:, :, :7, :7].mean((2, 3))
 
 
+class _SplitConcat(nn.Module):
+    """YOLO's C2f and neck data movement on short rows: a channel split and concats of 40-column
+    rows, a nearest upsample (x // 2 along the row) concatenated, and a concat of 10-column rows."""
+
+    def forward(self, x):
+        a, b = x.split(8, dim=1)
+        up = nn.functional.interpolate(x[:, :, :5, :20], scale_factor=2.0)
+        narrow = x[:, :, :, :10]
+        return torch.cat([b, a, up], 1), torch.cat([narrow, narrow * 2], 1)
+
+
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
@@ -151,6 +162,7 @@ MODELS = {
     "pools-wide": (_Pools, (1, 4, 100, 100)),
     "upsample": (_Upsample, (1, 8, 5, 7)),
     "squeeze-excite": (_SqueezeExcite, (1, 16, 24, 24)),
+    "split-concat": (_SplitConcat, (1, 16, 10, 40)),
 }
 
 
@@ -624,6 +636,35 @@ def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule:
     assert len(chosen) == count, sorted(kernels)
     with target:
         assert all(getattr(rules, rule)().apply(f, target, False) is not None for f in chosen)
+
+
+@pytest.mark.parametrize(
+    ("width", "index", "vector"),
+    [
+        (40, lambda c, w: (c + 8, w), 8),  # a channel split: a vector of the row's largest 2^k
+        (56, lambda c, w: (c, w + 1), 8),  # a shifted copy (a pad's)
+        (28, lambda c, w: (c, w), 4),
+        (10, lambda c, w: (c, w), 2),
+        (7, lambda c, w: (c, w), None),  # no even divisor: LLVM's
+        (40, lambda c, w: (c, w // 2), None),  # an upsample's x // 2 would gather: LLVM's
+        (40, lambda c, w: (w, c), None),  # a transpose: the row is not contiguous in the input
+        (2100, lambda c, w: (c, w), None),  # a long row: LLVM's loop vectorizer does well
+    ],
+)
+def test_short_rows_take_vectors_that_divide_them(width: int, index, vector: int | None) -> None:
+    """A copy of 16 rows of `width` columns, scheduled by `Elementwise` for AVX-512 (16 lanes)."""
+    from tvm import te
+
+    from passc.schedules.rules import Elementwise
+
+    source = te.placeholder((2 * width + 16, 2 * width + 16), name="x")
+    copy = te.compute((16, width), lambda c, w: source[index(c, w)], name="y")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    with target:
+        sch = Elementwise(CPUSpec(16, 32)).apply(te.create_prim_func([source, copy]), target, False)
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("y"))]
+    vectorized = [int(loop.extent) for loop in loops if loop.kind == tvm.tirx.ForKind.VECTORIZED]
+    assert vectorized == ([vector] if vector else [])
 
 
 def test_means_over_trailing_axes_sum_in_vector_partials(tmp_path: Path) -> None:
