@@ -667,6 +667,21 @@ def test_short_rows_take_vectors_that_divide_them(width: int, index, vector: int
     assert vectorized == ([vector] if vector else [])
 
 
+def test_short_rows_scaled_by_a_scalar_take_vectors() -> None:
+    """A scalar operand (a 0-d buffer) has no axis to step along: the row still takes vectors."""
+    from tvm import te
+
+    from passc.schedules.rules import Elementwise
+
+    source, scale = te.placeholder((16, 40), name="x"), te.placeholder((), name="s")
+    scaled = te.compute((16, 40), lambda c, w: source[c, w] * scale[()], name="y")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    with target:
+        sch = Elementwise(CPUSpec(16, 32)).apply(te.create_prim_func([source, scale, scaled]), target, False)
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("y"))]
+    assert [int(loop.extent) for loop in loops if loop.kind == tvm.tirx.ForKind.VECTORIZED] == [8]
+
+
 def test_means_over_trailing_axes_sum_in_vector_partials(tmp_path: Path) -> None:
     """TrailingSum takes the squeeze-excite mean and the final pool (576 = 36 × 16 values each, the
     second with the residual add as epilogue), not the mean over a 7×7 corner (49 values)."""

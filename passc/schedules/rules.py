@@ -252,6 +252,8 @@ def _unit_stride(block: Any) -> bool:
         return isinstance(expr, tirx.Add | tirx.Sub) and shifted(expr.a) and not uses(expr.b)
 
     for region in list(block.reads) + list(block.writes):
+        if not region.region:
+            continue  # a scalar
         *outer, inner = region.region
         if any(uses(r.min) or uses(r.extent) for r in outer):
             return False
