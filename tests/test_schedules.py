@@ -638,6 +638,20 @@ def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule:
         assert all(getattr(rules, rule)().apply(f, target, False) is not None for f in chosen)
 
 
+def _vectorized_by_elementwise(tensors: list) -> list[int]:
+    """The extents of the vectorized loops of block "y" (the TE compute of `tensors`), scheduled
+    by `Elementwise` for AVX-512 (16 lanes)."""
+    from tvm import te
+
+    from passc.schedules.rules import Elementwise
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    with target:
+        sch = Elementwise(CPUSpec(16, 32)).apply(te.create_prim_func(tensors), target, False)
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("y"))]
+    return [int(loop.extent) for loop in loops if loop.kind == tvm.tirx.ForKind.VECTORIZED]
+
+
 @pytest.mark.parametrize(
     ("width", "index", "vector"),
     [
@@ -652,34 +666,21 @@ def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule:
     ],
 )
 def test_short_rows_take_vectors_that_divide_them(width: int, index, vector: int | None) -> None:
-    """A copy of 16 rows of `width` columns, scheduled by `Elementwise` for AVX-512 (16 lanes)."""
+    """A copy of 16 rows of `width` columns."""
     from tvm import te
-
-    from passc.schedules.rules import Elementwise
 
     source = te.placeholder((2 * width + 16, 2 * width + 16), name="x")
     copy = te.compute((16, width), lambda c, w: source[index(c, w)], name="y")
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    with target:
-        sch = Elementwise(CPUSpec(16, 32)).apply(te.create_prim_func([source, copy]), target, False)
-    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("y"))]
-    vectorized = [int(loop.extent) for loop in loops if loop.kind == tvm.tirx.ForKind.VECTORIZED]
-    assert vectorized == ([vector] if vector else [])
+    assert _vectorized_by_elementwise([source, copy]) == ([vector] if vector else [])
 
 
 def test_short_rows_scaled_by_a_scalar_take_vectors() -> None:
     """A scalar operand (a 0-d buffer) has no axis to step along: the row still takes vectors."""
     from tvm import te
 
-    from passc.schedules.rules import Elementwise
-
     source, scale = te.placeholder((16, 40), name="x"), te.placeholder((), name="s")
     scaled = te.compute((16, 40), lambda c, w: source[c, w] * scale[()], name="y")
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    with target:
-        sch = Elementwise(CPUSpec(16, 32)).apply(te.create_prim_func([source, scale, scaled]), target, False)
-    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("y"))]
-    assert [int(loop.extent) for loop in loops if loop.kind == tvm.tirx.ForKind.VECTORIZED] == [8]
+    assert _vectorized_by_elementwise([source, scale, scaled]) == [8]
 
 
 def test_means_over_trailing_axes_sum_in_vector_partials(tmp_path: Path) -> None:
