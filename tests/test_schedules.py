@@ -149,6 +149,21 @@ class _SplitConcat(nn.Module):
         return torch.cat([b, a, up], 1), torch.cat([narrow, narrow * 2], 1)
 
 
+class _LongReductions(nn.Module):
+    """1×1 convs with long reductions: 256 → 32 channels at 14² (a whole row × 2 vectors); 256 →
+    320 at stride 2, then 320 → 128 at 7², whose tiles' weights (40 KB) do not stay in L1 and so
+    reduce in chunks of 64 input channels over every row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(256, 32, 1)
+        self.down = nn.Conv2d(256, 320, 1, 2)
+        self.chunked = nn.Conv2d(320, 128, 1)
+
+    def forward(self, x):
+        return self.wide(x), torch.relu(self.chunked(torch.relu(self.down(x))))
+
+
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
@@ -163,6 +178,7 @@ MODELS = {
     "upsample": (_Upsample, (1, 8, 5, 7)),
     "squeeze-excite": (_SqueezeExcite, (1, 16, 24, 24)),
     "split-concat": (_SplitConcat, (1, 16, 10, 40)),
+    "long-reductions": (_LongReductions, (1, 256, 14, 14)),
 }
 
 
@@ -286,6 +302,66 @@ def test_conv_tile_of_whole_rows(width: int, blocks: int, kernel: int, tile: tup
     from passc.schedules import conv_tile
 
     assert conv_tile(width, blocks, CPUSpec(16, 32), kernel, whole_rows=True) == tile
+
+
+@pytest.mark.parametrize(
+    ("width", "blocks", "reduction", "whole_rows", "tile"),
+    [
+        (14, 16, 256, True, (14, 2)),  # PP-LCNet's 256 → 256 at 14²: 28 accumulators
+        (14, 6, 576, False, (14, 2)),  # MobileNetV2's 576 → 96: also without whole rows
+        (14, 36, 96, True, (14, 1)),  # 96 → 576: too short a reduction
+        (14, 3, 256, True, (14, 1)),  # 3 channel blocks: no pair of vectors divides them
+        (7, 32, 512, True, (7, 2)),  # a row of 7 is not over half the 14 accumulators: ranked
+        (14, 16, 256, False, (14, 2)),
+    ],
+)
+def test_one_by_one_convs_with_long_reductions_take_two_vectors_of_a_whole_row(
+    width: int, blocks: int, reduction: int, whole_rows: bool, tile: tuple[int, int]
+) -> None:
+    from passc.schedules import conv_tile
+
+    spec = CPUSpec(16, 32)
+    assert conv_tile(width, blocks, spec, 1, whole_rows=whole_rows, reduction=reduction) == tile
+    three = conv_tile(width, blocks, spec, 3, whole_rows=whole_rows, reduction=reduction)
+    assert three == conv_tile(width, blocks, spec, 3, whole_rows=whole_rows)  # 3×3: no change
+
+
+@pytest.mark.parametrize(
+    ("channels", "channel_bytes", "chunk"),
+    [
+        (960, 128, 64),  # MobileNetV2's 960 → 320 at 7²: 120 KB of weights a tile
+        (320, 128, 64),  # 320 → 1280: 40 KB
+        (576, 128, 64),  # 576 → 160: 72 KB, in 9 chunks
+        (160, 128, None),  # 160 → 960: 20 KB stay in a 32 KB L1
+        (256, 128, None),  # exactly 32 KB
+        (331, 128, None),  # a prime: chunks of one channel are not worth it
+    ],
+)
+def test_weight_chunk(channels: int, channel_bytes: int, chunk: int | None) -> None:
+    from passc.schedules.rules import weight_chunk
+
+    assert weight_chunk(channels, channel_bytes, CPUSpec(16, 32)) == chunk
+
+
+@pytest.mark.parametrize(("channels", "decision"), [(320, [5, 64]), (160, None)])
+def test_one_by_one_convs_whose_weights_leave_l1_reduce_in_chunks(channels: int, decision) -> None:
+    """The scheduled 1×1 conv to 128 channels at 7² splits its reduction over 320 input channels
+    into 5 chunks of 64 (a tiling decision in its trace); over 160 channels, it does not."""
+    from passc.schedules.rules import PackedConv
+
+    rng = np.random.default_rng(0)
+    model = weighted_model(
+        f"(float[1, {channels}, 7, 7] x) => (float y)",
+        "y = Conv(x, w)",
+        w=rng.standard_normal((128, channels, 1, 1)).astype(np.float32),
+    )
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    (conv,) = [f for k, f in _legalized_model(model, target).items() if "conv2d_packed" in k]
+    with target:
+        sch = PackedConv().apply(conv, target, False)
+    splits = [[int(v) for v in d] for d in sch.trace.decisions.values()]
+    chunks = [split for split in splits if split[0] * split[1] == channels]
+    assert chunks == ([decision] if decision else []), splits
 
 
 def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "default_schedule",
     "register_tile",
     "schedule_passes",
+    "weight_chunk",
 ]
 
 _AVX512 = ("avx512", "skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake", "sapphirerapids")
@@ -61,10 +62,11 @@ _AVX2 += ("x86-64-v3", "avx2", "avx")
 @dataclass(frozen=True)
 class CPUSpec:
     """What the rules need to know about a CPU: lanes per vector (float32 lanes in `cpu_spec`; the
-    rules scale them to each kernel's element size) and vector registers."""
+    rules scale them to each kernel's element size), vector registers and the L1 data cache."""
 
     lanes: int
     registers: int
+    l1_bytes: int = 32 * 1024  # L1 data cache (32 KB: Cortex-A72, most x86; 48 KB here, 64 KB A76)
 
 
 def cpu_spec(target: Target) -> CPUSpec:
@@ -103,7 +105,8 @@ def cpu_spec(target: Target) -> CPUSpec:
 def _for_bits(spec: CPUSpec, bits: int) -> CPUSpec:
     """The spec for kernels whose output elements have `bits` bits: a vector holds 32/bits times
     as many of them as of float32 (8 fp16 lanes on NEON, so `fmla v.8h`; 2 float64 on SSE)."""
-    return CPUSpec(lanes=max(1, spec.lanes * 32 // max(8, bits)), registers=spec.registers)  # bool: 1 bit
+    lanes = max(1, spec.lanes * 32 // max(8, bits))  # bool: 1 bit
+    return CPUSpec(lanes=lanes, registers=spec.registers, l1_bytes=spec.l1_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,8 +601,18 @@ def _per_load(rows: int, vectors: int) -> tuple[float, int]:
     return rows * vectors / (rows + vectors), rows * vectors
 
 
+# Input channels from which a 1×1 conv's whole row takes two vectors (`conv_tile`).
+_LONG_REDUCTION = 128
+
+
 def conv_tile(
-    out_width: int, vector_blocks: int, spec: CPUSpec, kernel_width: int = 1, *, whole_rows: bool = False
+    out_width: int,
+    vector_blocks: int,
+    spec: CPUSpec,
+    kernel_width: int = 1,
+    *,
+    whole_rows: bool = False,
+    reduction: int = 0,
 ) -> tuple[int, int]:
     """(rows, vectors) of a packed conv's accumulator tile: `rows` output columns × `vectors`
     vectors of output channels, at most (registers - 4) / 2 accumulators (14 with 32 registers;
@@ -623,10 +636,21 @@ def conv_tile(
     the model: 96 → 576 channels 895 → 760 µs and 64 → 384 channels 575 → 508 µs at one thread,
     542 → 448 and 390 → 312 µs at two. A 1×1 conv with more input than weights keeps the ranking
     (576 → 96 channels at 14²: 191 µs as 7 × 2, 279 µs as 14 × 1), and so does a row of 7 (160 →
-    960 channels at 7² ran the same as 7 × 1 and 7 × 2)."""
+    960 channels at 7² ran the same as 7 × 1 and 7 × 2).
+
+    A 1×1 conv whose row fills more than half those accumulators and whose `reduction` (input
+    channels) is at least `_LONG_REDUCTION` takes the whole row and two vectors instead, up to
+    registers - 4 accumulators (28 on AVX-512: all but the two weight vectors and two spare), with
+    or without `whole_rows`. On AVX-512, 14 × 2 against the tile above, alone: at 14², 256 → 256
+    channels 184 → 168 µs, 128 → 256 99 → 94, 576 → 96 162 → 149, 384 → 96 103 → 96, 384 → 64 73 →
+    69; with fewer input channels it does not pay (96 → 576 172 → 170, 64 → 384 87 → 91). Rows of
+    7 (7²) keep 2 vectors: 7 × 4 ran 1-4% slower or the same (512 → 512, 960 → 320, 160 → 960)."""
     budget = max(1, (spec.registers - 4) // 2)
-    if whole_rows and kernel_width == 1 and budget // 2 < out_width <= budget:
-        return out_width, 1
+    if kernel_width == 1 and budget // 2 < out_width <= budget:
+        if reduction >= _LONG_REDUCTION and 2 * out_width <= spec.registers - 4 and vector_blocks % 2 == 0:
+            return out_width, 2
+        if whole_rows:
+            return out_width, 1
     if 1 < kernel_width < 5:
         rows = _divisor(out_width, budget)
         vectors = max(k for k in (1, 2, 4) if k == 1 or (k * rows <= budget and vector_blocks % k == 0))
@@ -641,13 +665,37 @@ def conv_tile(
     return max(options)[2:]
 
 
+def weight_chunk(channels: int, channel_bytes: int, spec: CPUSpec) -> int | None:
+    """How many input channels a 1×1 packed conv whose channel blocks run outermost reduces over
+    before it moves to the next row, or None for all of them.
+
+    A tile's weights are `channel_bytes` per input channel (its vectors of output channels). The
+    tiles of one channel block, one per row of the map, read the same weights: when they fit in
+    half the L1 data cache, they stay there from one row to the next. When they do not (a 7² map
+    with hundreds of input channels), the reduction is cut into chunks of channels whose weights
+    take at most a quarter of L1, and each chunk runs over every row before the next: the rows'
+    accumulators go to memory and back between chunks, and the weights come from L1. On
+    AVX-512, in chunks of 64 channels against whole: MobileNetV2's 960 → 320 channels at 7²,
+    258 → 191 µs (weights 120 KB a tile), 320 → 1280 293 → 268 µs (40 KB), 576 → 160 71 → 67 µs
+    (72 KB); 160 → 960 (20 KB, not cut) went 122 → 119 µs, and 256 → 256 at 14² (16 KB, one
+    vector) 179 → 195 µs, slower: there the weights already stayed in L1. Chunks of 32 or 160
+    channels instead of 64: 320 → 1280 at 278 and 275 µs. Chunks under 16 channels are not worth
+    the accumulators' round trips (None)."""
+    if channels * channel_bytes <= spec.l1_bytes:
+        return None
+    chunk = _divisor(channels, max(1, spec.l1_bytes // 4 // channel_bytes))
+    return chunk if chunk >= 16 else None
+
+
 class PackedConv(_Rule):
     """The packed conv2d (`passc.schedules.packed_conv`) with its pad and its epilogue.
 
     Loops n, o, y, x, i, kh, kw are tiled as
         parallel(n · o/(vectors·V) · y · x/rows) · i · kh · kw · unroll(rows) · unroll(vectors) · vector(V)
     so the rows × vectors accumulators stay in registers for the whole reduction: each step loads
-    `vectors` weight vectors and broadcasts `rows` input scalars (any stride: no gathers). The
+    `vectors` weight vectors and broadcasts `rows` input scalars (any stride: no gathers). A 1×1
+    conv whose tile's weights would not stay in L1 from one row to the next (`weight_chunk`)
+    runs the reduction in chunks of input channels instead, each over all the rows. The
     accumulator tile is laid out channels-last, so a vector of it is contiguous; the epilogue
     (bias, activation, residual add) writes it back to NCHW per tile, while it is still hot.
 
@@ -682,13 +730,24 @@ class PackedConv(_Rule):
         blocks_o, lane = sch.split(o, [None, lanes])
         smaller = math.prod(int(d) for d in weight.shape) < math.prod(int(d) for d in data.shape)
         width, kernel_width = main.extents[3], main.extents[6]
-        rows, vectors = conv_tile(width, channel_blocks, spec, kernel_width, whole_rows=not smaller)
+        rows, vectors = conv_tile(
+            width, channel_blocks, spec, kernel_width, whole_rows=not smaller, reduction=main.extents[4]
+        )
         outer_o, vector = sch.split(blocks_o, _tile(sch, blocks_o, channel_blocks, vectors))
         outer_x, row = sch.split(x, _tile(sch, x, width, rows))
         bands = row_bands(main.extents[2]) if smaller else 1
         band, y = sch.split(y, [bands, None])
-        sch.reorder(band, n, outer_o, y, outer_x, i, kh, kw, row, vector, lane)
-        tile = sch.fuse(band, n, outer_o, y, outer_x)
+        channel_bytes = vectors * lanes * weight.dtype.bits // 8
+        one_by_one = kernel_width == 1 and main.extents[5] == 1
+        chunk = None if smaller or not one_by_one else weight_chunk(main.extents[4], channel_bytes, spec)
+        if chunk is None:
+            reduction = i
+            sch.reorder(band, n, outer_o, y, outer_x, i, kh, kw, row, vector, lane)
+            tile = sch.fuse(band, n, outer_o, y, outer_x)
+        else:
+            reduction, i = sch.split(i, _tile(sch, i, main.extents[4], chunk))
+            sch.reorder(band, n, outer_o, reduction, y, outer_x, i, kh, kw, row, vector, lane)
+            tile = sch.fuse(band, n, outer_o)
         if int(sch.get(tile).extent) > 1:
             sch.parallel(tile)
 
@@ -698,7 +757,7 @@ class PackedConv(_Rule):
         sch.vectorize(lane)
         sch.unroll(vector)
         sch.unroll(row)
-        init = sch.decompose_reduction(main.rv, i)
+        init = sch.decompose_reduction(main.rv, reduction)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.annotate(i, "pragma_auto_unroll_max_step", 128)
         sch.annotate(i, "pragma_unroll_explicit", 1)
