@@ -164,6 +164,18 @@ class _LongReductions(nn.Module):
         return self.wide(x), torch.relu(self.chunked(torch.relu(self.down(x))))
 
 
+class _LongPointwise(nn.Module):
+    """A 1×1 conv at stride 1 from 128 channels at 28²: its tiles' pixels of every input channel
+    (57 KB) do not stay in L1, so it reduces in chunks of 64 input channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(128, 64, 1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
 MODELS = {
     "conv": (_ConvNet, (1, 3, 40, 36)),
     "separable": (_Separable, (1, 8, 20, 20)),
@@ -179,6 +191,7 @@ MODELS = {
     "squeeze-excite": (_SqueezeExcite, (1, 16, 24, 24)),
     "split-concat": (_SplitConcat, (1, 16, 10, 40)),
     "long-reductions": (_LongReductions, (1, 256, 14, 14)),
+    "long-pointwise": (_LongPointwise, (1, 128, 28, 28)),
 }
 
 
@@ -343,22 +356,33 @@ def test_weight_chunk(channels: int, channel_bytes: int, chunk: int | None) -> N
     assert weight_chunk(channels, channel_bytes, CPUSpec(16, 32)) == chunk
 
 
-@pytest.mark.parametrize(("channels", "decision"), [(320, [5, 64]), (160, None)])
-def test_one_by_one_convs_whose_weights_leave_l1_reduce_in_chunks(channels: int, decision) -> None:
-    """The scheduled 1×1 conv to 128 channels at 7² splits its reduction over 320 input channels
-    into 5 chunks of 64 (a tiling decision in its trace); over 160 channels, it does not."""
-    from passc.schedules.rules import PackedConv
+@pytest.mark.parametrize(
+    ("channels", "side", "rule", "decision"),
+    [
+        (320, 7, "PackedConv", [5, 64]),  # 40 KB of weights a tile
+        (160, 7, "PackedConv", None),  # 20 KB
+        (128, 28, "PointwiseConv", [2, 64]),  # 57 KB of pixels a tile (7 vectors of 16)
+        (64, 28, "PointwiseConv", None),  # 28 KB
+    ],
+)
+def test_one_by_one_convs_whose_operands_leave_l1_reduce_in_chunks(
+    channels: int, side: int, rule: str, decision
+) -> None:
+    """A scheduled 1×1 conv to 96 channels splits its reduction into chunks of input channels (a
+    tiling decision in its trace) when a tile's weights (a packed conv's, at 7²) or its pixels
+    (a pointwise conv's, at 28²) of every input channel would not stay in L1."""
+    from passc.schedules import rules
 
     rng = np.random.default_rng(0)
     model = weighted_model(
-        f"(float[1, {channels}, 7, 7] x) => (float y)",
+        f"(float[1, {channels}, {side}, {side}] x) => (float y)",
         "y = Conv(x, w)",
-        w=rng.standard_normal((128, channels, 1, 1)).astype(np.float32),
+        w=rng.standard_normal((96, channels, 1, 1)).astype(np.float32),
     )
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    (conv,) = [f for k, f in _legalized_model(model, target).items() if "conv2d_packed" in k]
+    (conv,) = [f for k, f in _legalized_model(model, target).items() if "conv2d_p" in k]
     with target:
-        sch = PackedConv().apply(conv, target, False)
+        sch = getattr(rules, rule)().apply(conv, target, False)
     splits = [[int(v) for v in d] for d in sch.trace.decisions.values()]
     chunks = [split for split in splits if split[0] * split[1] == channels]
     assert chunks == ([decision] if decision else []), splits
