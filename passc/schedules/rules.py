@@ -671,14 +671,14 @@ def weight_chunk(channels: int, channel_bytes: int, spec: CPUSpec) -> int | None
 
     A tile's weights are `channel_bytes` per input channel (its vectors of output channels). The
     tiles of one channel block, one per row of the map, read the same weights: when they fit in
-    half the L1 data cache, they stay there from one row to the next. When they do not (a 7² map
-    with hundreds of input channels), the reduction is cut into chunks of channels whose weights
-    take at most a quarter of L1, and each chunk runs over every row before the next: the rows'
+    the L1 data cache, they stay there from one row to the next. When they do not (a 7² map with
+    hundreds of input channels), the reduction is cut into chunks of channels whose weights take
+    at most a quarter of L1, and each chunk runs over every row before the next: the rows'
     accumulators go to memory and back between chunks, and the weights come from L1. On
     AVX-512, in chunks of 64 channels against whole: MobileNetV2's 960 → 320 channels at 7²,
     258 → 191 µs (weights 120 KB a tile), 320 → 1280 293 → 268 µs (40 KB), 576 → 160 71 → 67 µs
-    (72 KB); 160 → 960 (20 KB, not cut) went 122 → 119 µs, and 256 → 256 at 14² (16 KB, one
-    vector) 179 → 195 µs, slower: there the weights already stayed in L1. Chunks of 32 or 160
+    (72 KB). Under L1 it does not pay: 160 → 960 (20 KB) 122 → 119 µs alone but slower in the
+    model (3 convs, 421 → 458 µs), and 256 → 256 at 14² (16 KB) 179 → 195 µs. Chunks of 32 or 160
     channels instead of 64: 320 → 1280 at 278 and 275 µs. Chunks under 16 channels are not worth
     the accumulators' round trips (None)."""
     return _reduction_chunk(channels, channel_bytes, spec.l1_bytes // 4, spec)
