@@ -188,6 +188,13 @@ def main() -> None:
     models = suite(args.cache_dir, names)
     work = args.out or Path(tempfile.mkdtemp(prefix="passc-cpu-"))
     records = args.records or RECORDS / f"host-{resolve_target(_target(args.mcpu).tvm)['mcpu']}"
+    if args.tune is None and not records.is_dir():
+        kept = ", ".join(str(d) for d in sorted(RECORDS.glob("host-*"))) or "none"
+        print(
+            f"note: no tuning records in {records}: 'tuned' will be the default schedules; "
+            f"records kept in the repo: {kept} (--records DIR)",
+            file=sys.stderr,
+        )
     if args.tune is not None:
         for name, model in models.items():
             start = time.perf_counter()
