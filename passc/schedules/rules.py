@@ -747,13 +747,12 @@ class PackedConv(_Rule):
         one_by_one = kernel_width == 1 and main.extents[5] == 1
         chunk = None if smaller or not one_by_one else weight_chunk(main.extents[4], channel_bytes, spec)
         if chunk is None:
-            reduction = i
-            sch.reorder(band, n, outer_o, y, outer_x, i, kh, kw, row, vector, lane)
-            tile = sch.fuse(band, n, outer_o, y, outer_x)
+            outer, inner = [band, n, outer_o, y, outer_x], [i]
         else:
-            reduction, i = sch.split(i, _tile(sch, i, main.extents[4], chunk))
-            sch.reorder(band, n, outer_o, reduction, y, outer_x, i, kh, kw, row, vector, lane)
-            tile = sch.fuse(band, n, outer_o)
+            chunks, i = sch.split(i, _tile(sch, i, main.extents[4], chunk))
+            outer, inner = [band, n, outer_o], [chunks, y, outer_x, i]
+        sch.reorder(*outer, *inner, kh, kw, row, vector, lane)
+        tile = sch.fuse(*outer)
         if int(sch.get(tile).extent) > 1:
             sch.parallel(tile)
 
@@ -763,7 +762,7 @@ class PackedConv(_Rule):
         sch.vectorize(lane)
         sch.unroll(vector)
         sch.unroll(row)
-        init = sch.decompose_reduction(main.rv, reduction)
+        init = sch.decompose_reduction(main.rv, inner[0])
         sch.vectorize(sch.get_loops(init)[-1])
         sch.annotate(i, "pragma_auto_unroll_max_step", 128)
         sch.annotate(i, "pragma_unroll_explicit", 1)
