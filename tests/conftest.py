@@ -51,6 +51,31 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
+def matmul_by(weight: np.ndarray, op: str, rows: int | tuple[int, ...], out_type: int, path: Path) -> Path:
+    """A one-node ONNX model at `path`: `op` of an input a[*rows, K] (the weight's type) and the
+    constant weight b[K, N], into y[*rows, N] of ONNX type `out_type`."""
+    from onnx import helper
+
+    lead = [rows] if isinstance(rows, int) else list(rows)
+    in_type = helper.np_dtype_to_tensor_dtype(weight.dtype)
+    depth, count = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node(op, ["a", "b"], ["y"])],
+        path.stem,
+        [helper.make_tensor_value_info("a", in_type, [*lead, depth])],
+        [helper.make_tensor_value_info("y", out_type, [*lead, count])],
+        [onnx.numpy_helper.from_array(weight, "b")],
+    )
+    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def disassembly(objdump: str, library: Path) -> str:
+    """`objdump -d` of a shared library."""
+    import subprocess
+
+    return subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Runs `passc ARGS…` in-process; returns (exit code, stdout, stderr)."""

@@ -66,7 +66,7 @@ def test_verify_rpi5_without_emulate_is_a_usage_error(run_cli) -> None:
 def test_passes_and_targets_list_everything(run_cli) -> None:
     status, stdout, _ = run_cli("targets")
     assert status == 0
-    for name in ("host", "rpi5", "rpi4", "aarch64"):
+    for name in ("host", "rpi5", "rpi4", "aarch64", "armv9"):
         assert f"{name}:" in stdout
     assert "qemu-aarch64 -cpu cortex-a76" in stdout and '"mcpu": "cortex-a76"' in stdout
     status, stdout, _ = run_cli("passes")

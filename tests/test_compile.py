@@ -139,7 +139,7 @@ def test_host_bundle_runs_natively_through_passc_run(tmp_path: Path) -> None:
     assert (in_process["probs"] == through_runner["probs"]).all()
 
 
-@pytest.mark.parametrize("target", ["rpi4", "aarch64"])
+@pytest.mark.parametrize("target", ["rpi4", "aarch64", "armv9"])
 def test_other_arm_targets_run_under_their_emulated_cpu(tmp_path: Path, target: str) -> None:
     shapes = {"input": (1, 3, 64, 64)}
     artifact = passc.compile(

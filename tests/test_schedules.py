@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import weighted_model
+from conftest import disassembly, matmul_by, weighted_model
 
 import passc
 from passc import oracle
@@ -439,36 +439,11 @@ def test_register_tile(extents: list[int], spec: CPUSpec, kwargs: dict, factors:
     assert all(e % f == 0 for e, f in zip(extents, factors, strict=True))
 
 
-def _matmul_by(weight: np.ndarray, op: str, rows: int, out_type: int, path: Path) -> Path:
-    """A one-node ONNX model at `path`: `op` of an input a[rows, K] (the weight's type) and the
-    constant weight b[K, N], into y[rows, N] of ONNX type `out_type`."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    in_type = helper.np_dtype_to_tensor_dtype(weight.dtype)
-    depth, count = weight.shape
-    graph = helper.make_graph(
-        [helper.make_node(op, ["a", "b"], ["y"])],
-        path.stem,
-        [helper.make_tensor_value_info("a", in_type, [rows, depth])],
-        [helper.make_tensor_value_info("y", out_type, [rows, count])],
-        [numpy_helper.from_array(weight, "b")],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
 def _fp16_matmul(tmp_path: Path) -> Path:
     from onnx import TensorProto
 
     weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float16)
-    return _matmul_by(weight, "MatMul", 16, TensorProto.FLOAT16, tmp_path / "fp16.onnx")
-
-
-def _disassembly(objdump: str, library: Path) -> str:
-    import subprocess
-
-    return subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    return matmul_by(weight, "MatMul", 16, TensorProto.FLOAT16, tmp_path / "fp16.onnx")
 
 
 def test_fp16_kernels_use_full_width_half_precision_fma_on_cortex_a76(tmp_path: Path) -> None:
@@ -480,7 +455,7 @@ def test_fp16_kernels_use_full_width_half_precision_fma_on_cortex_a76(tmp_path: 
     if objdump is None:
         pytest.skip("aarch64-linux-gnu-objdump (binutils-aarch64-linux-gnu) is not installed")
     artifact = passc.compile(_fp16_matmul(tmp_path), target="rpi5", output=tmp_path / "art")
-    assert re.search(r"\bfmla\s+v\d+\.8h", _disassembly(objdump, artifact.path / "model.so"))
+    assert re.search(r"\bfmla\s+v\d+\.8h", disassembly(objdump, artifact.path / "model.so"))
 
 
 def test_fp16_kernels_are_scheduled_at_twice_the_float32_lanes() -> None:
@@ -798,62 +773,3 @@ def test_means_over_trailing_axes_sum_in_vector_partials(tmp_path: Path) -> None
         }
     assert sorted(taken.values()) == [False, True, True], taken
     assert not taken["mean2"]
-
-
-def _int8_matmul(tmp_path: Path) -> tuple[Path, np.ndarray]:
-    """ONNX MatMulInteger: int8 [8, 256] × a constant int8 [256, 64] into int32; and an input."""
-    from onnx import TensorProto
-
-    rng = np.random.default_rng(0)
-    weight = rng.integers(-128, 128, (256, 64)).astype(np.int8)
-    path = _matmul_by(weight, "MatMulInteger", 8, TensorProto.INT32, tmp_path / "int8.onnx")
-    return path, rng.integers(-128, 128, (8, 256)).astype(np.int8)
-
-
-def test_int8_matmul_stays_int8_and_matches_onnxruntime_exactly(tmp_path: Path) -> None:
-    """MatMulInteger's int8 operands reach the kernel as int8 (not widened to int32 first), the
-    `Int8Dot` rule schedules it, and the int32 result is onnxruntime's bit for bit. On x86 LLVM
-    sums the byte products with `pmaddwd` (SSE2) / `vpmaddwd` (AVX2, AVX-512)."""
-    import re
-    import shutil
-
-    import onnx
-    from tvm.relax.frontend.onnx import from_onnx
-
-    from passc.schedules import legalize_passes
-    from passc.schedules.rules import Int8Dot
-
-    path, a = _int8_matmul(tmp_path)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    with target:
-        mod = tvm.transform.Sequential(legalize_passes())(from_onnx(onnx.load(path)))
-    kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
-    assert list(kernels) == ["matmul_int8"]
-    func = kernels["matmul_int8"]
-    signature = func.script().split("def main(", 1)[1].split("):", 1)[0]
-    assert signature.count('"int8")') == 2 and signature.count('"int32")') == 1, signature
-    with target:
-        assert Int8Dot().apply(func, target, False) is not None
-
-    artifact = passc.compile(path, target="host", output=tmp_path / "host")
-    expected = oracle.run_onnxruntime(load_model(path).model, {"a": a})["y"]
-    np.testing.assert_array_equal(artifact.run({"a": a})["y"], expected)
-    objdump = shutil.which("objdump")
-    if objdump is not None:
-        assert re.search(r"\bv?pmaddwd\b", _disassembly(objdump, artifact.path / "model.so"))
-
-
-def test_int8_matmul_uses_sdot_on_cortex_a76(tmp_path: Path) -> None:
-    """rpi5 has Armv8.2's dotprod: the int8 products are summed by `sdot`, and the result run
-    under qemu is onnxruntime's bit for bit."""
-    import re
-    import shutil
-
-    objdump = shutil.which("aarch64-linux-gnu-objdump")
-    if objdump is None:
-        pytest.skip("aarch64-linux-gnu-objdump (binutils-aarch64-linux-gnu) is not installed")
-    path, a = _int8_matmul(tmp_path)
-    artifact = passc.compile(path, target="rpi5", output=tmp_path / "rpi5", bundle=True)
-    assert re.search(r"\bsdot\s+v\d+\.4s", _disassembly(objdump, artifact.path / "model.so"))
-    expected = oracle.run_onnxruntime(load_model(path).model, {"a": a})["y"]
-    np.testing.assert_array_equal(artifact.run({"a": a}, emulate=True)["y"], expected)

@@ -4,9 +4,9 @@ TVM legalizes every Relax op into naive TIR loops. `legalize_passes` first chang
 legalize to: conv2d with packed weights, or a 1×1 conv at stride 1 as a product over the pixels
 (`packed_conv`), a depthwise conv with a kernel of 5×5 or more on a narrow map over channel blocks
 (`packed_depthwise`), a matmul by a constant matrix with both operands packed for a register tile
-(`packed_dense`), an int8
-matmul (ONNX MatMulInteger) kept int8 for the CPU's dot products (`int8_matmul`), and vector exp,
-sigmoid, softmax and erf (`fast_math`). The rules (`rules`) then
+(`packed_dense`), an int8 matmul (ONNX MatMulInteger) kept int8 for the CPU's dot products and
+int8 matrix instructions (`int8_matmul`, `int8_intrinsics`), and vector exp, sigmoid, softmax and
+erf (`fast_math`). The rules (`rules`) then
 give each kernel a schedule at compile time, the way TVM's dlight rules do (`ApplyDefaultSchedule`
 after legalize): register and cache tiling of contractions (packed and pointwise conv, depthwise
 conv, matmul, batch matmul, pooling) with their elementwise epilogues fused into the tile,

@@ -37,7 +37,7 @@ from tvm.target import Target
 from passc.schedules.packed_conv import float_spec
 from passc.schedules.rules import PACKED_DENSE, PACKED_ROWS, CPUSpec
 
-__all__ = ["legalize_matmul", "pack_panels", "panel_vectors", "row_tile"]
+__all__ = ["legalize_matmul", "pack_panels", "panel_vectors", "ravel", "row_tile", "unravel"]
 
 
 def panel_vectors(columns: int, spec: CPUSpec) -> int:
@@ -64,7 +64,7 @@ def pack_panels(matrix: np.ndarray, columns: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(rows, -1, columns).transpose(1, 0, 2))
 
 
-def _unravel(flat: Any, shape: list[int]) -> list[Any]:
+def unravel(flat: Any, shape: list[int]) -> list[Any]:
     """The index into `shape` of row-major position `flat` (just `flat` on the one axis longer
     than 1, if there is only one: TVM's region analysis then sees the rows as a plain range)."""
     if sum(extent > 1 for extent in shape) <= 1:
@@ -76,8 +76,8 @@ def _unravel(flat: Any, shape: list[int]) -> list[Any]:
     return index[::-1]
 
 
-def _ravel(index: tuple[Any, ...], shape: list[int]) -> Any:
-    """The row-major position of `index` into `shape` (the inverse of `_unravel`)."""
+def ravel(index: tuple[Any, ...], shape: list[int]) -> Any:
+    """The row-major position of `index` into `shape` (the inverse of `unravel`)."""
     flat = 0
     for i, extent in zip(index, shape, strict=True):
         flat = flat * extent + i if extent > 1 else flat
@@ -93,13 +93,13 @@ def _packed_dense(data: te.Tensor, packed: te.Tensor, rows: int, count: int) -> 
     if rows == 1:  # one row at a time: x needs no tile
 
         def row(m: Any, kk: Any) -> Any:
-            return data[(*_unravel(m, lead), kk)]
+            return data[(*unravel(m, lead), kk)]
 
     else:
         tiles = te.compute(
             (padded // rows, depth, rows),
             lambda t, kk, r: te.if_then_else(
-                t * rows + r < total, data[(*_unravel(t * rows + r, lead), kk)], tvm.tirx.const(0, data.dtype)
+                t * rows + r < total, data[(*unravel(t * rows + r, lead), kk)], tvm.tirx.const(0, data.dtype)
             ),
             name=PACKED_ROWS,
         )
@@ -115,7 +115,7 @@ def _packed_dense(data: te.Tensor, packed: te.Tensor, rows: int, count: int) -> 
     )
     if padded == total and panels * columns == count and len(lead) == 1:
         return product
-    return te.compute((*lead, count), lambda *i: product[_ravel(i[:-1], lead), i[-1]], name="dense_unpad")
+    return te.compute((*lead, count), lambda *i: product[ravel(i[:-1], lead), i[-1]], name="dense_unpad")
 
 
 def _tile_for(call: relax.Call, target: Target) -> tuple[int, int] | None:

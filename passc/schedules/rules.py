@@ -18,6 +18,8 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
 
+from passc.schedules.int8_intrinsics import SMMLA, vnni_dot
+
 # What TVM raises when a schedule primitive or analysis refuses a kernel (ScheduleError is a
 # RuntimeError; FFI checks surface as ValueError, TypeError or IndexError).
 _REFUSALS = (RuntimeError, ValueError, TypeError, IndexError)
@@ -25,6 +27,8 @@ _REFUSALS = (RuntimeError, ValueError, TypeError, IndexError)
 __all__ = [
     "DEPTHWISE_BLOCKS",
     "INT8_DOT",
+    "INT8_ROWS",
+    "INT8_TILES",
     "PACKED_CONV",
     "PACKED_DEPTHWISE",
     "PACKED_DENSE",
@@ -43,6 +47,7 @@ __all__ = [
     "WideDepthwise",
     "Elementwise",
     "Int8Dot",
+    "Int8Tiles",
     "conv_tile",
     "pointwise_tile",
     "cpu_spec",
@@ -588,6 +593,10 @@ PACKED_ROWS = "dense_rows_packed"
 ROW_PARTIAL = "row_partial"
 # The reduction block of `passc.schedules.int8_matmul` (int8 products summed in int32; `Int8Dot`).
 INT8_DOT = "matmul_int8"
+# The register tiles of `passc.schedules.int8_matmul`'s int8 matmul by `vpdpbusd` or `smmla`
+# (`Int8Tiles`), and its rows packed for them.
+INT8_TILES = "matmul_int8_tiles"
+INT8_ROWS = "matmul_int8_rows"
 # The reduction block of `passc.schedules.packed_depthwise` (`PackedDepthwise`) and the block that
 # copies its input into channel blocks.
 PACKED_DEPTHWISE = "depthwise_conv2d_nchw_packed"
@@ -1099,6 +1108,65 @@ class Int8Dot(_Rule):
         return sch
 
 
+class Int8Tiles(_Rule):
+    """An int8 matmul in register tiles of `vpdpbusd` or `smmla` (`passc.schedules.int8_matmul`)
+    with its epilogue. Loops t, u (row tile, column panel), then the tile's, then k:
+
+        parallel(u · t) · k / g · unroll(tile) · instruction(the 16 or 8 lanes × 4 of `vpdpbusd`;
+                                                          the 2 × 2 × 8 of `smmla`)
+
+    with g the instruction's group along k (4 or 8). A panel stays in cache while every row tile
+    passes over it; each step of k / g runs one instruction per accumulator of the tile. The
+    epilogue (unpacking the tiles, the VNNI offset, then any dequantizing) runs per tile where its
+    rows are one range of the output, else in one pass after; the rows are packed first, once.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[_Block], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = _named_reduction(blocks, INT8_TILES)
+        if index is None:
+            return None
+        main = blocks[index]
+        if main.kinds == "SSSSR" and main.extents[3] % spec.lanes == 0:  # R × C
+            intrinsic, group = vnni_dot(spec.lanes), 4
+        elif main.kinds == "SSSSSSR":  # R / 2 × C / 2 tiles of 2 × 2
+            intrinsic, group = SMMLA, 8
+        else:
+            return None
+        consumers = _inline_injective(sch, blocks[index + 1 :])
+        if len(consumers) > 1:
+            return None
+        t, u, *inner, k = sch.get_loops(main.rv)
+        outer_k, inner_k = sch.split(k, [None, group])
+        if intrinsic == SMMLA:
+            tile_loops, instruction = inner[:2], inner[2]
+            sch.reorder(u, t, outer_k, *inner, inner_k)
+        else:
+            vector, lane = sch.split(inner[1], [None, spec.lanes])
+            tile_loops, instruction = [inner[0], vector], lane
+            sch.reorder(u, t, outer_k, inner[0], vector, lane, inner_k)
+        tile = sch.fuse(u, t)
+        if math.prod(main.extents) >= _PARALLEL_MIN and int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+        epilogue = _epilogue(sch, main, consumers)
+        try:
+            sch.reverse_compute_at(epilogue, tile)
+            sch.vectorize(sch.get_loops(epilogue)[-1])
+        except _REFUSALS:
+            _vectorize_flat(sch, epilogue, spec)
+        init = sch.decompose_reduction(main.rv, outer_k)
+        init_lanes = sch.get_loops(init)[-1 if intrinsic != SMMLA else -2 :]
+        sch.vectorize(sch.fuse(*init_lanes) if len(init_lanes) > 1 else init_lanes[0])
+        sch.tensorize(instruction, intrinsic)
+        for loop in tile_loops:
+            sch.unroll(loop)
+        for block in blocks[:index]:  # the rows: a vector of a group's bytes where K fills each group
+            *outer, bytes_ = sch.get_loops(block.rv)
+            sch.parallel(sch.fuse(*outer))
+            if all(int(r.source.shape[-1]) % group == 0 for r in sch.get(block.rv).reads):
+                sch.vectorize(bytes_)
+        return sch
+
+
 # Depthwise convs at least this wide (output columns) take `WideDepthwise`'s schedule; narrower
 # ones (MobileNet's 14×14 and 7×7 stages) run faster with `Contraction`'s register tile.
 WIDE_DEPTHWISE = 24
@@ -1185,6 +1253,7 @@ def default_rules(spec: CPUSpec | None = None) -> list[ScheduleRule]:
         PackedDense(spec),
         PackedDepthwise(spec),
         RowReduction(spec),
+        Int8Tiles(spec),
         Int8Dot(spec),
         WideDepthwise(spec),
         TrailingSum(spec),

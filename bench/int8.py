@@ -1,0 +1,158 @@
+"""int8 matmul benchmark: passc's int8 kernels against onnxruntime's MatMulInteger, on the host.
+
+    python bench/int8.py [--threads 1 2] [--rounds 15] [--calls 20]
+
+For each shape (rows × K × N: BERT-base's and ViT-S's linear layers, and one row) it builds an
+ONNX MatMulInteger of an int8 input by a constant int8 matrix into int32, and times, in one
+process per thread count, interleaved:
+- `passc`: the host artifact, with the kernel this CPU gets (`vpdpbusd` tiles with AVX-512 VNNI);
+- `passc-dot`: the host artifact for the same CPU with VNNI turned off (mattr -avx512vnni,
+  -avxvnni): the dot-product kernel, whose products LLVM sums with `vpmaddwd`;
+- `ort-s8s8`: onnxruntime on the same model;
+- `ort-u8s8`: onnxruntime on the same product written the way its own quantizer writes it
+  (uint8 input A + 128 with zero point 128), which takes its fastest kernels (MLAS's VNNI or AMX
+  ones, where the CPU has them).
+Each round runs every engine `--calls` times back to back after one untimed call (a round's time
+is their mean), the engines in a rotating order; the table gives the medians over `--rounds`, in
+µs, and passc's time as a ratio of each other engine's (below 1: passc is faster). Every engine's
+output is checked against onnxruntime's first, exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from passc.targets import get_target
+
+from passc.lowering import resolve_target
+
+SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (197, 384, 1536), (1, 768, 768)]
+ENGINES = ("passc", "passc-dot", "ort-s8s8", "ort-u8s8")
+
+
+def _model(rows: int, depth: int, count: int, unsigned: bool, path: Path) -> Path:
+    """MatMulInteger of a[rows, depth] (int8, or uint8 with zero point 128) by a constant int8 b."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).integers(-128, 128, (depth, count)).astype(np.int8)
+    initializers = [numpy_helper.from_array(weight, "b")]
+    if unsigned:
+        initializers.append(numpy_helper.from_array(np.array(128, np.uint8), "a_zero_point"))
+    in_type = TensorProto.UINT8 if unsigned else TensorProto.INT8
+    node = helper.make_node("MatMulInteger", ["a", "b", "a_zero_point"][: 2 + unsigned], ["y"])
+    graph = helper.make_graph(
+        [node],
+        path.stem,
+        [helper.make_tensor_value_info("a", in_type, [rows, depth])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [rows, count])],
+        initializers,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _engines(artifacts: dict, sessions: dict, a: np.ndarray) -> dict:
+    """Each engine as a call on the input `a` (shifted to uint8 for `ort-u8s8`)."""
+    shifted = (a.astype(np.int16) + 128).astype(np.uint8)
+    engines = {key: functools.partial(_run_artifact, artifact, a) for key, artifact in artifacts.items()}
+    engines["ort-s8s8"] = functools.partial(_run_session, sessions["ort-s8s8"], a)
+    engines["ort-u8s8"] = functools.partial(_run_session, sessions["ort-u8s8"], shifted)
+    return engines
+
+
+def _run_artifact(artifact, a: np.ndarray) -> np.ndarray:
+    return artifact.run({"a": a})["y"]
+
+
+def _run_session(session, a: np.ndarray) -> np.ndarray:
+    return session.run(None, {"a": a})[0]
+
+
+def _worker(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
+    """Times every engine on every shape in this process (TVM_NUM_THREADS is already set)."""
+    import onnxruntime as ort
+
+    import passc
+
+    host = get_target("host")
+    mattr = ["-avx512vnni", "-avxvnni"]
+    no_vnni = dataclasses.replace(host, tvm={**resolve_target(host.tvm), "mattr": mattr})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    results = {}
+    for rows, depth, count in SHAPES:
+        name = f"{rows}x{depth}x{count}"
+        signed = _model(rows, depth, count, False, scratch / f"{name}-s8.onnx")
+        unsigned = _model(rows, depth, count, True, scratch / f"{name}-u8.onnx")
+        artifacts = {
+            "passc": passc.compile(signed, host, scratch / f"{name}-passc"),
+            "passc-dot": passc.compile(signed, no_vnni, scratch / f"{name}-dot"),
+        }
+        sessions = {
+            key: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for key, path in (("ort-s8s8", signed), ("ort-u8s8", unsigned))
+        }
+        a = np.random.default_rng(1).integers(-128, 128, (rows, depth)).astype(np.int8)
+        engines = _engines(artifacts, sessions, a)
+        expected = engines["ort-s8s8"]()
+        for key, run in engines.items():
+            if not np.array_equal(run(), expected):
+                raise SystemExit(f"{key} differs from onnxruntime on {name}")
+        times: dict[str, list[float]] = {key: [] for key in engines}
+        order = list(engines)
+        for round_ in range(rounds):
+            shift = round_ % len(order)
+            for key in order[shift:] + order[:shift]:
+                engines[key]()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    engines[key]()
+                times[key].append((time.perf_counter() - start) / calls)
+        results[name] = {key: statistics.median(v) * 1e6 for key, v in times.items()}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        with tempfile.TemporaryDirectory() as scratch:
+            print(json.dumps(_worker(args.worker, args.rounds, args.calls, Path(scratch))))
+        return
+    cpu = resolve_target(get_target("host").tvm)["mcpu"]
+    print(f"host CPU (LLVM): {cpu}; µs per call, median of {args.rounds} rounds")
+    for threads in args.threads:
+        env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+        command = [sys.executable, __file__, "--worker", str(threads), "--rounds", str(args.rounds)]
+        done = subprocess.run([*command, "--calls", str(args.calls)], env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(done.stderr)
+        results = json.loads(done.stdout.splitlines()[-1])
+        print(f"\n{threads} thread(s)")
+        print(f"{'shape':>16} " + " ".join(f"{e:>10}" for e in ENGINES) + "   passc / (dot, s8s8, u8s8)")
+        for name, us in results.items():
+            ratios = " ".join(f"{us['passc'] / us[e]:5.2f}" for e in ENGINES[1:])
+            print(f"{name:>16} " + " ".join(f"{us[e]:10.1f}" for e in ENGINES) + f"   {ratios}")
+
+
+if __name__ == "__main__":
+    main()

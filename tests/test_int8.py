@@ -1,0 +1,206 @@
+"""The int8 matmul kernels (`passc.schedules.int8_matmul`): the instruction each target gets
+(`vpdpbusd`, `smmla`, or LLVM's `sdot` / `vpmaddwd` from dot products), the packing, and results
+equal to onnxruntime's bit for bit."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tvm
+from conftest import disassembly, matmul_by
+from onnx import TensorProto
+from passc.targets import get_target
+
+import passc
+from passc import oracle
+from passc.loading import load_model
+from passc.lowering import lower, resolve_target
+from passc.schedules.int8_matmul import int8_instruction, int8_tile, pack_int8
+
+# (rows, K, N): tiles that fit exactly; rows, K and N that all need padding; one row; rows along
+# two axes (a batch of sequences).
+SHAPES = [(8, 256, 64), (5, 37, 19), (1, 64, 10), ((2, 6), 24, 40)]
+
+
+def _int8_matmul(
+    tmp_path: Path, rows: int | tuple[int, ...] = 8, depth: int = 256, count: int = 64
+) -> tuple[Path, np.ndarray]:
+    """ONNX MatMulInteger: int8 [*rows, K] × a constant int8 [K, N] into int32; and an input."""
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-128, 128, (depth, count)).astype(np.int8)
+    path = matmul_by(weight, "MatMulInteger", rows, TensorProto.INT32, tmp_path / "int8.onnx")
+    lead = (rows,) if isinstance(rows, int) else rows
+    return path, rng.integers(-128, 128, (*lead, depth)).astype(np.int8)
+
+
+def _expected(path: Path, a: np.ndarray) -> np.ndarray:
+    return oracle.run_onnxruntime(load_model(path).model, {"a": a})["y"]
+
+
+def _objdump(name: str) -> str:
+    objdump = shutil.which(name)
+    if objdump is None:
+        pytest.skip(f"{name} (binutils) is not installed")
+    return objdump
+
+
+def _legalized(path: Path, tvm_target: dict[str, Any]) -> dict[str, Any]:
+    """The legalized kernels of the model at `path` for `tvm_target`, by name."""
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from passc.schedules import legalize_passes
+
+    with tvm.target.Target(tvm_target):
+        mod = tvm.transform.Sequential(legalize_passes())(from_onnx(onnx.load(path)))
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+@pytest.mark.parametrize(
+    ("tvm_target", "expected"),
+    [
+        ({"kind": "llvm", "mcpu": "cascadelake"}, "vnni16"),
+        ({"kind": "llvm", "mcpu": "alderlake"}, "vnni8"),  # AVX-VNNI, no AVX-512
+        ({"kind": "llvm", "mcpu": "skylake-avx512"}, None),
+        ({"kind": "llvm", "mcpu": "haswell"}, None),
+        (get_target("armv9").tvm, "i8mm"),
+        (get_target("rpi5").tvm, None),  # dotprod only
+        (get_target("rpi4").tvm, None),
+    ],
+)
+def test_int8_instruction_follows_the_cpu_features(tvm_target: dict[str, Any], expected: str | None) -> None:
+    assert int8_instruction(tvm.target.Target(tvm_target)) == expected
+
+
+def test_int8_tile_pads_the_rows_least_and_fits_the_registers() -> None:
+    assert int8_tile("vnni16", 128, 768) == (8, 32, 4)
+    assert int8_tile("vnni16", 197, 768) == (6, 32, 4)  # 198 rows; 8 would pad to 200
+    assert int8_tile("vnni16", 3, 10) == (3, 16, 4)  # every row, one vector
+    assert int8_tile("vnni8", 128, 768) == (4, 16, 4)  # 16 registers: at most 6 rows
+    assert int8_tile("i8mm", 128, 768) == (8, 8, 8)
+    assert int8_tile("i8mm", 5, 19) == (6, 8, 8)  # row pairs
+    assert int8_tile("i8mm", 1, 3) == (2, 4, 8)
+
+
+def test_pack_int8_puts_each_weight_in_its_panel_and_group() -> None:
+    weight = np.random.default_rng(0).integers(-128, 128, (37, 19)).astype(np.int8)
+    packed = pack_int8(weight, 16, 4)
+    assert packed.shape == (2, 10, 16, 4) and packed.dtype == np.int8
+    k, n = np.meshgrid(np.arange(37), np.arange(19), indexing="ij")
+    np.testing.assert_array_equal(packed[n // 16, k // 4, n % 16, k % 4], weight)
+    assert np.abs(packed.astype(np.int64)).sum() == np.abs(weight.astype(np.int64)).sum()  # zero elsewhere
+
+
+def test_int8_matmul_stays_int8_and_takes_the_cpus_kernel(tmp_path: Path) -> None:
+    """MatMulInteger's int8 operands reach the kernel as int8 (not widened to int32 first): dot
+    products for `Int8Dot` without VNNI, `vpdpbusd` tiles for `Int8Tiles` (rows shifted to
+    uint8) with it."""
+    from passc.schedules.rules import INT8_ROWS, INT8_TILES, Int8Dot, Int8Tiles
+
+    path, _ = _int8_matmul(tmp_path)
+    for mcpu, rule in (("skylake-avx512", Int8Dot), ("cascadelake", Int8Tiles)):
+        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+        kernels = _legalized(path, target)
+        assert list(kernels) == ["matmul_int8"]
+        func = kernels["matmul_int8"]
+        signature = func.script().split("def main(", 1)[1].split("):", 1)[0]
+        assert signature.count('"int8")') == 2 and signature.count('"int32")') >= 1, signature
+        tiled = f'T.sblock("{INT8_TILES}")' in func.script()
+        assert tiled == (rule is Int8Tiles)
+        assert (f'"{INT8_ROWS}"' in func.script() and '"uint8"' in func.script()) == tiled
+        with target:
+            assert rule().apply(func, target, False) is not None
+            assert (Int8Dot if tiled else Int8Tiles)().apply(func, target, False) is None
+
+
+@pytest.mark.parametrize(("rows", "depth", "count"), SHAPES)
+def test_int8_matmul_matches_onnxruntime_exactly_on_the_host(
+    tmp_path: Path, rows: Any, depth: int, count: int
+) -> None:
+    """On a host with AVX-512 VNNI the products are `vpdpbusd` on zmm registers; without,
+    `pmaddwd` (SSE2) / `vpmaddwd` (AVX2, AVX-512)."""
+    path, a = _int8_matmul(tmp_path, rows, depth, count)
+    artifact = passc.compile(path, target="host", output=tmp_path / "host")
+    np.testing.assert_array_equal(artifact.run({"a": a})["y"], _expected(path, a))
+    code = disassembly(_objdump("objdump"), artifact.path / "model.so")
+    instruction = int8_instruction(tvm.target.Target(resolve_target(get_target("host").tvm)))
+    if instruction == "vnni16":
+        assert re.search(r"\bvpdpbusd\s[^\n]*%zmm", code)
+    else:
+        assert re.search(r"\bv?pmaddwd\b" if instruction is None else r"\bvpdpbusd\b", code)
+
+
+@pytest.mark.parametrize(
+    ("mcpu", "instruction"),
+    [
+        ("cascadelake", r"vpdpbusd\s[^\n]*%zmm"),
+        ("alderlake", r"vpdpbusd\s[^\n]*%ymm"),
+        ("skylake-avx512", r"vpmaddwd\b"),
+    ],
+)
+def test_x86_int8_kernels_use_the_cpus_instruction(tmp_path: Path, mcpu: str, instruction: str) -> None:
+    """Compiled (not run: the host may lack the instruction) for three x86 CPUs: AVX-512 VNNI's
+    `vpdpbusd` on 16 lanes, AVX-VNNI's on 8, and `vpmaddwd` without VNNI."""
+    path, _ = _int8_matmul(tmp_path, 16, 128, 64)
+    library = tmp_path / "model.so"
+    lower(load_model(path).model, {"kind": "llvm", "mcpu": mcpu}).executable.export_library(str(library))
+    code = disassembly(_objdump("objdump"), library)
+    assert re.search(r"\b" + instruction, code)
+    assert ("vpdpbusd" in code) == ("vpdpbusd" in instruction)
+
+
+def test_int8_matmul_with_a_dequantizing_epilogue_is_one_tiled_kernel(tmp_path: Path) -> None:
+    """MatMulInteger, Cast to float and a scale: the epilogue fuses into the tiled kernel, and the
+    result is onnxruntime's."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from passc.schedules.rules import INT8_TILES
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-128, 128, (96, 48)).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMulInteger", ["a", "b"], ["ab"]),
+            helper.make_node("Cast", ["ab"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["f", "scale"], ["y"]),
+        ],
+        "dequantized",
+        [helper.make_tensor_value_info("a", TensorProto.INT8, [20, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [20, 48])],
+        [numpy_helper.from_array(weight, "b"), numpy_helper.from_array(np.float32(1 / 4096), "scale")],
+    )
+    path = tmp_path / "dequantized.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    kernels = _legalized(path, {"kind": "llvm", "mcpu": "cascadelake"})
+    assert len(kernels) == 1 and f'T.sblock("{INT8_TILES}")' in next(iter(kernels.values())).script()
+    a = rng.integers(-128, 128, (20, 96)).astype(np.int8)
+    artifact = passc.compile(path, target="host", output=tmp_path / "host")
+    np.testing.assert_array_equal(artifact.run({"a": a})["y"], _expected(path, a))
+
+
+def test_int8_matmul_uses_sdot_on_cortex_a76(tmp_path: Path) -> None:
+    """rpi5 has Armv8.2's dotprod (no i8mm): the int8 products are summed by `sdot`, and the result
+    run under qemu is onnxruntime's bit for bit."""
+    objdump = _objdump("aarch64-linux-gnu-objdump")
+    path, a = _int8_matmul(tmp_path)
+    artifact = passc.compile(path, target="rpi5", output=tmp_path / "rpi5", bundle=True)
+    assert re.search(r"\bsdot\s+v\d+\.4s", disassembly(objdump, artifact.path / "model.so"))
+    np.testing.assert_array_equal(artifact.run({"a": a}, emulate=True)["y"], _expected(path, a))
+
+
+@pytest.mark.parametrize(("rows", "depth", "count"), [SHAPES[0], SHAPES[1], SHAPES[3]])
+def test_int8_matmul_uses_smmla_on_armv9(tmp_path: Path, rows: Any, depth: int, count: int) -> None:
+    """armv9 has i8mm: the products are `smmla`s (2 × 8 by 8 × 2 into 2 × 2), and the result run
+    under qemu (`-cpu max`) is onnxruntime's bit for bit."""
+    objdump = _objdump("aarch64-linux-gnu-objdump")
+    path, a = _int8_matmul(tmp_path, rows, depth, count)
+    artifact = passc.compile(path, target="armv9", output=tmp_path / "armv9", bundle=True)
+    code = disassembly(objdump, artifact.path / "model.so")
+    assert re.search(r"\bsmmla\s+v\d+\.4s, v\d+\.16b, v\d+\.16b", code) and "sdot" not in code
+    np.testing.assert_array_equal(artifact.run({"a": a}, emulate=True)["y"], _expected(path, a))
