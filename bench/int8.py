@@ -12,10 +12,10 @@ process per thread count, interleaved:
 - `ort-u8s8`: onnxruntime on the same product written the way its own quantizer writes it
   (uint8 input A + 128 with zero point 128), which takes its fastest kernels (MLAS's VNNI or AMX
   ones, where the CPU has them).
-Each round runs every engine `--calls` times back to back after one untimed call (a round's time
-is their mean), the engines in a rotating order; the table gives the medians over `--rounds`, in
-µs, and passc's time as a ratio of each other engine's (below 1: passc is faster). Every engine's
-output is checked against onnxruntime's first, exactly.
+Each round runs every engine, in a rotating order, after a pause of PAUSE_S, one untimed call,
+then `--calls` calls back to back (a round's time is their mean); the table gives the medians
+over `--rounds`, in µs, and passc's time as a ratio of each other engine's (below 1: passc is
+faster). Every engine's output is checked against onnxruntime's first, exactly.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ from passc.lowering import resolve_target
 
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (197, 384, 1536), (1, 768, 768)]
 ENGINES = ("passc", "passc-dot", "ort-s8s8", "ort-u8s8")
+# Both thread pools spin a while after a run before their workers sleep (see bench/cpu.py): with 2
+# threads on 2 cores, calls timed right after another engine's ran up to 2x slower.
+PAUSE_S = 0.25
 
 
 def _model(rows: int, depth: int, count: int, unsigned: bool, path: Path) -> Path:
@@ -116,6 +119,7 @@ def _worker(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
         for round_ in range(rounds):
             shift = round_ % len(order)
             for key in order[shift:] + order[:shift]:
+                time.sleep(PAUSE_S)  # the previous engine's idle workers stop spinning
                 engines[key]()
                 start = time.perf_counter()
                 for _ in range(calls):
