@@ -80,6 +80,11 @@ def write_params(out_dir: Path, params: list[tuple[Any, np.ndarray]]) -> list[di
     return entries
 
 
+def _shape_text(shape: Any) -> str:
+    """A shape as the CLI writes it (1x3x64x64), or "() (a scalar)"."""
+    return "x".join(map(str, shape)) or "() (a scalar)"
+
+
 def _make_escape(path: str) -> str:
     return path.replace("$", "$$").replace(" ", "\\ ").replace("#", "\\#")
 
@@ -160,12 +165,11 @@ class Artifact:
             )
         arrays = []
         for spec in self.inputs:
-            array = np.ascontiguousarray(inputs[spec["name"]])
+            array = np.asarray(inputs[spec["name"]], order="C")  # a scalar stays 0-d
             if list(array.shape) != spec["shape"] or array.dtype != np.dtype(spec["dtype"]):
                 raise UsageError(
                     f"input {spec['name']!r} must be {spec['dtype']} of shape "
-                    f"{'x'.join(map(str, spec['shape']))}, got {array.dtype} of shape "
-                    f"{'x'.join(map(str, array.shape))}"
+                    f"{_shape_text(spec['shape'])}, got {array.dtype} of shape {_shape_text(array.shape)}"
                 )
             arrays.append(array)
         return arrays

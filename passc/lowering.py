@@ -308,7 +308,7 @@ class HostModule:
         self._tvm = tvm
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
         self._params = {
-            function: [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+            function: [tvm.runtime.tensor(np.asarray(a, order="C")) for a in arrays]
             for function, arrays in (params or {}).items()
         }
         self._buffers: dict[tuple[str, int], tuple[np.ndarray, Any]] = {}
@@ -316,7 +316,7 @@ class HostModule:
 
     def _tensor(self, function: str, index: int, array: np.ndarray) -> Any:
         """The TVM tensor to pass as input `index` of `function`: `array` itself when aligned."""
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # C-contiguous; a scalar stays 0-d
         if array.ctypes.data % ALIGNMENT == 0 and array.flags.writeable:  # DLPack exports no read-only
             return self._tvm.runtime.from_dlpack(array)
         buffer, tensor = self._buffers.get((function, index), (None, None))

@@ -204,3 +204,108 @@ def test_int8_matmul_uses_smmla_on_armv9(tmp_path: Path, rows: Any, depth: int, 
     code = disassembly(objdump, artifact.path / "model.so")
     assert re.search(r"\bsmmla\s+v\d+\.4s, v\d+\.16b, v\d+\.16b", code) and "sdot" not in code
     np.testing.assert_array_equal(artifact.run({"a": a}, emulate=True)["y"], _expected(path, a))
+
+
+def _with_zero_points(tmp_path: Path, case: str) -> tuple[Path, dict[str, np.ndarray]]:
+    """MatMulInteger a[6, 40] × b[40, 24] with zero points, and its inputs:
+    - "u8-input": uint8 a whose scalar zero point is a model input (as onnxruntime's dynamic
+      quantization writes it), int8 b with zero point 0;
+    - "u8-columns": uint8 a and b, b with a zero point per column (b minus it fits int8);
+    - "s8-wide": int8 a and b, b's zero point 3, so b minus it does not fit int8 (not narrowed)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    unsigned = case.startswith("u8")
+    a_type, a_dtype = (TensorProto.UINT8, np.uint8) if unsigned else (TensorProto.INT8, np.int8)
+    a = rng.integers(0, 256, (6, 40)) if unsigned else rng.integers(-128, 128, (6, 40))
+    feeds = {"a": a.astype(a_dtype)}
+    inputs = [helper.make_tensor_value_info("a", a_type, [6, 40])]
+    if case == "u8-input":
+        weight, weight_zero, zero = rng.integers(-128, 128, (40, 24)).astype(np.int8), np.int8(0), None
+        inputs.append(helper.make_tensor_value_info("a_zero", a_type, []))
+        feeds["a_zero"] = np.array(131, np.uint8)
+    elif case == "u8-columns":
+        weight = rng.integers(60, 190, (40, 24)).astype(np.uint8)
+        weight_zero, zero = rng.integers(120, 136, (24,)).astype(np.uint8), np.uint8(7)
+    else:
+        weight, weight_zero, zero = rng.integers(-128, 128, (40, 24)).astype(np.int8), np.int8(3), np.int8(-5)
+    initializers = [
+        numpy_helper.from_array(weight, "b"),
+        numpy_helper.from_array(np.asarray(weight_zero), "b_zero"),
+    ]
+    if zero is not None:
+        initializers.append(numpy_helper.from_array(np.asarray(zero), "a_zero"))
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b", "a_zero", "b_zero"], ["y"])],
+        case,
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [6, 24])],
+        initializers,
+    )
+    path = tmp_path / f"{case}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path, feeds
+
+
+@pytest.mark.parametrize("case", ["u8-input", "u8-columns", "s8-wide"])
+def test_matmul_integer_with_zero_points_matches_onnxruntime_exactly(tmp_path: Path, case: str) -> None:
+    """Σ_k (A - Z)·B = Σ_k A·B - Z·Σ_k B: a matmul with zero points takes the int8 kernels (uint8
+    rows go to `vpdpbusd` unshifted) and the zero point's term after them, where its weight minus
+    its zero point fits int8; else TVM's int32 matmul. Either way onnxruntime's result, bit for bit
+    (a scalar input too)."""
+    from passc.schedules.rules import INT8_TILES
+
+    path, feeds = _with_zero_points(tmp_path, case)
+    scripts = [f.script() for f in _legalized(path, {"kind": "llvm", "mcpu": "cascadelake"}).values()]
+    assert any(f'T.sblock("{INT8_TILES}")' in s for s in scripts) == (case != "s8-wide")
+    artifact = passc.compile(path, target="host", output=tmp_path / "host")
+    expected = oracle.run_onnxruntime(load_model(path).model, feeds)["y"]
+    np.testing.assert_array_equal(artifact.run(feeds)["y"], expected)
+
+
+def test_uint8_rows_are_shifted_to_int8_for_smmla(tmp_path: Path) -> None:
+    """`smmla` multiplies signed bytes: uint8 rows are packed as A - 128 and 128 · Σ_k B added
+    back. Run under qemu, onnxruntime's result bit for bit."""
+    _objdump("aarch64-linux-gnu-objdump")
+    path, feeds = _with_zero_points(tmp_path, "u8-input")
+    artifact = passc.compile(path, target="armv9", output=tmp_path / "armv9", bundle=True)
+    expected = oracle.run_onnxruntime(load_model(path).model, feeds)["y"]
+    np.testing.assert_array_equal(artifact.run(feeds, emulate=True)["y"], expected)
+
+
+def test_a_dynamically_quantized_model_runs_its_matmuls_in_int8(tmp_path: Path) -> None:
+    """onnxruntime's `quantize_dynamic` writes DynamicQuantizeLinear + MatMulInteger (uint8
+    activations with a computed zero point, int8 weights): every MatMulInteger takes the int8
+    tiles, and the model's output is onnxruntime's to within one quantization step of the result
+    (a float difference upstream can round an activation to the next step)."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from passc.schedules.rules import INT8_TILES
+
+    rng = np.random.default_rng(0)
+    first, second = (rng.standard_normal(shape).astype(np.float32) * 0.05 for shape in ((64, 96), (96, 32)))
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 32])],
+        [numpy_helper.from_array(first, "w1"), numpy_helper.from_array(second, "w2")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "float.onnx")
+    path = tmp_path / "quantized.onnx"
+    quantize_dynamic(tmp_path / "float.onnx", path, weight_type=QuantType.QInt8)
+    assert sum(n.op_type == "MatMulInteger" for n in onnx.load(path).graph.node) == 2
+    scripts = [f.script() for f in _legalized(path, {"kind": "llvm", "mcpu": "cascadelake"}).values()]
+    assert sum(f'T.sblock("{INT8_TILES}")' in s for s in scripts) == 2
+    x = {"x": rng.standard_normal((16, 64)).astype(np.float32)}
+    artifact = passc.compile(path, target="host", output=tmp_path / "host")
+    expected = oracle.run_onnxruntime(load_model(path).model, x)["y"]
+    step = np.abs(expected).max() / 127
+    np.testing.assert_allclose(artifact.run(x)["y"], expected, rtol=0, atol=step)

@@ -1,23 +1,29 @@
 """int8 matrix products that stay int8 in the kernel, so the CPU's dot-product instructions apply.
 
-ONNX's MatMulInteger (int8 A, int8 B, no zero points) imports as
-matmul(astype(A, int32), astype(B, int32)): a kernel multiplying int32s, four times the bytes and
-no use of the int8 dot products of Armv8.2 (`sdot`), Armv8.6 (`smmla`) or x86 (`vpdpbusd`).
-`narrow_int8_matmul` (a Relax pass, before legalize) rewrites that form to
-matmul(A, B, out_dtype=int32) with A and B int8; `legalize_int8_matmul` then turns such a matmul
-with a constant B[K, N] into one of three kernels, by the target's instructions. A[..., K] counts
-as M rows; each sum is exact in int32 for K < 2¹⁷ (a product is at most 2¹⁴ in magnitude, 2¹⁵
-with the offset below), so every kernel equals onnxruntime's result bit for bit.
+ONNX's MatMulInteger imports as matmul(astype(A, int32) [- Z], astype(W, int32) [- Z_W]), with
+zero points Z and Z_W: a kernel multiplying int32s, four times the bytes and no use of the int8
+dot products of Armv8.2 (`sdot`), Armv8.6 (`smmla`) or x86 (`vpdpbusd`). `narrow_int8_matmul` (a
+Relax pass, before legalize) rewrites it, for A int8 or uint8 and a constant W, to
+
+    matmul(A, B, out_dtype=int32) [- Z · Σ_k B[k, :]]       B = W [- Z_W] as int8
+
+when B fits int8 (int8 weights with zero point 0, as onnxruntime's dynamic quantization writes
+them, or uint8 ones around 128): Σ_k (A - Z)·B = Σ_k A·B - Z·Σ_k B, and Z (a scalar or one per
+row, often computed at run time) only enters the epilogue. `legalize_int8_matmul` then turns the
+matmul with its constant B[K, N] into one of three kernels, by the target's instructions. A[..., K]
+counts as M rows; each sum is exact in int32 for K < 2¹⁶ (a product is at most 2¹⁵ in magnitude),
+so every kernel equals onnxruntime's result bit for bit.
 
 1. **Tiles of `vpdpbusd`** (x86 with AVX-512 VNNI, 16 int32 lanes, or AVX-VNNI, 8). `vpdpbusd`
-   multiplies *unsigned* by signed bytes, 4 per lane. With A' = A + 128 (uint8):
+   multiplies *unsigned* by signed bytes, 4 per lane. uint8 rows go in as they are; int8 ones
+   as A' = A + 128 (uint8), with
 
        C[m, n] = Σ_k A'[m, k] · B[k, n] − 128 · Σ_k B[k, n]
 
    and the last sum is a constant, folded at compile time. A' is packed at run time into tiles of
    R rows, B once into panels of C columns, both in groups of 4 along k (zero past K):
 
-       A'ᵖ[m // R, k // 4, m % R, k % 4] = A[m, k] + 128     Bᵖ[n // C, k // 4, n % C, k % 4] = B[k, n]
+       A'ᵖ[m // R, k // 4, m % R, k % 4] = A'[m, k]         Bᵖ[n // C, k // 4, n % C, k % 4] = B[k, n]
 
    so one instruction takes a row's 4 bytes (broadcast) and 4 bytes of each of a vector's columns,
    64 contiguous bytes of the panel. The kernel writes R × C tiles; the epilogue reads them back
@@ -28,15 +34,17 @@ with the offset below), so every kernel equals onnxruntime's result bit for bit.
        Aᵖ[m // R, k // 8, m % R, k % 8] = A[m, k]           Bᵖ[n // C, k // 8, n % C, k % 8] = B[k, n]
 
    so each 2 × 8 block is 16 contiguous bytes; the kernel writes 2 × 2 tiles, R / 2 × C / 2 of
-   them per register tile (R and C up to 8: 16 accumulators). No offset: both operands are signed.
+   them per register tile (R and C up to 8: 16 accumulators). `smmla` is signed: int8 rows go in
+   as they are, uint8 ones as A - 128, with 128 · Σ_k B[k, n] added back in the epilogue.
 3. **Dot products** (every other target): C[..., i, j] = Σ_k A[..., i, k] · Bᵀ[j, k], Bᵀ
    transposed once, k innermost and unvectorized in TIR, so that LLVM's loop vectorizer sums the
-   products 16 bytes at a time: `sdot` on Armv8.2+dotprod (rpi5), `vpmaddwd` on AVX2 / AVX-512
-   without VNNI (LLVM 22 forms neither `vpdpbusd` nor `smmla` from loops).
+   products 16 bytes at a time: `sdot` on Armv8.2+dotprod (rpi5) for int8 rows, `vpmaddwd` on
+   AVX2 / AVX-512 without VNNI (LLVM 22 forms neither `vpdpbusd` nor `smmla` from loops).
 
 `Int8Tiles` and `Int8Dot` (`passc.schedules.rules`) schedule them; `passc.schedules.int8_intrinsics`
-holds the two instructions as TIR tensor intrinsics. Measured on AVX-512 VNNI, one thread, BERT's
-128 × 768 × 768: dot products 4.1 ms, `vpdpbusd` tiles 0.21 ms, onnxruntime's MatMulInteger 4.2 ms.
+holds the two instructions as TIR tensor intrinsics. `bench/int8.py`, one thread, AVX-512 VNNI,
+BERT's 128 × 768 × 768 per call: `vpdpbusd` tiles 0.33 ms, dot products 3.9 ms, onnxruntime's
+MatMulInteger 4.2 ms on int8 rows and 0.07 ms on uint8 ones, where it uses AMX on this CPU.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import relax, te
-from tvm.relax.dpl import is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from tvm.target import Target
 
 from passc.schedules.packed_dense import ravel, unravel
@@ -55,8 +63,18 @@ from passc.schedules.rules import INT8_DOT, INT8_ROWS, INT8_TILES
 
 __all__ = ["int8_instruction", "int8_tile", "legalize_int8_matmul", "narrow_int8_matmul"]
 
-_LEFT, _RIGHT = wildcard(), wildcard()
-_WIDENED = is_op("relax.matmul")(is_op("relax.astype")(_LEFT), is_op("relax.astype")(_RIGHT))
+_ROWS, _ZERO = wildcard(), wildcard()
+_WEIGHT, _WEIGHT_ZERO = is_const(), is_const()
+_WIDENED = is_op("relax.astype")(_ROWS)
+_WIDE_WEIGHT = is_op("relax.astype")(_WEIGHT)
+_WIDE_WEIGHT_ZERO = is_op("relax.astype")(_WEIGHT_ZERO)
+_PRODUCT = is_op("relax.matmul")(
+    _WIDENED | is_op("relax.subtract")(_WIDENED, _ZERO),
+    _WIDE_WEIGHT
+    | is_op("relax.subtract")(
+        _WIDE_WEIGHT, _WIDE_WEIGHT_ZERO | is_op("relax.expand_dims")(_WIDE_WEIGHT_ZERO)
+    ),
+)
 
 
 def _dtype(expr: relax.Expr) -> str:
@@ -64,18 +82,31 @@ def _dtype(expr: relax.Expr) -> str:
 
 
 def _narrow(call: relax.Call, matches: dict[Any, relax.Expr]) -> relax.Expr:
-    left, right = matches[_LEFT], matches[_RIGHT]
-    if _dtype(left) == _dtype(right) == "int8" and _dtype(call) == "int32":
-        return relax.op.matmul(left, right, out_dtype="int32")
-    return call
+    rows = matches[_ROWS]
+    if _dtype(rows) not in ("int8", "uint8") or _dtype(call) != "int32":
+        return call
+    matrix = matches[_WEIGHT].value.numpy().astype(np.int64)
+    if _WEIGHT_ZERO in matches:  # a scalar, or one per column
+        matrix = matrix - matches[_WEIGHT_ZERO].value.numpy().astype(np.int64)
+    if matrix.ndim != 2 or matrix.min(initial=0) < -128 or matrix.max(initial=0) > 127:
+        return call
+    narrow = matrix.astype(np.int8)
+    product = relax.op.matmul(rows, relax.const(narrow), out_dtype="int32")
+    if _ZERO not in matches:
+        return product
+    sums = relax.const(narrow.astype(np.int32).sum(axis=0))
+    return relax.op.subtract(product, relax.op.multiply(matches[_ZERO], sums))
 
 
 @tvm.transform.module_pass(opt_level=0, name="NarrowInt8Matmul")
 def narrow_int8_matmul(mod: tvm.IRModule, _context: Any) -> tvm.IRModule:
-    """matmul(astype(A, int32), astype(B, int32)) → matmul(A, B, out_dtype=int32), A and B int8."""
+    """matmul(astype(A, int32) [- Z], astype(W, int32) [- Z_W]) → matmul(A, B, out_dtype=int32)
+    [- Z · Σ_k B[k, :]], for A int8 or uint8 and a constant 8-bit W whose B = W [- Z_W] (Z_W a
+    constant, scalar or per column) fits int8, B taken as int8. ONNX's MatMulInteger with zero
+    points imports as the left side: Σ_k (A - Z)·B = Σ_k A·B - Z·Σ_k B, exactly, in int32."""
     for var, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            mod[var] = rewrite_call(_WIDENED, _narrow, func)
+            mod[var] = rewrite_call(_PRODUCT, _narrow, func)
     return mod
 
 
@@ -121,21 +152,23 @@ def pack_int8(matrix: np.ndarray, columns: int, group: int) -> np.ndarray:
 
 
 def _int8_tiles(
-    data: te.Tensor, packed: te.Tensor, rows: int, count: int, offset: te.Tensor | None = None
+    data: te.Tensor, packed: te.Tensor, rows: int, count: int, signed: bool, offset: te.Tensor | None = None
 ) -> te.Tensor:
-    """Kernel 1 (with `offset`, the constant 128 · Σ_k B[k, n]) or 2 of the module docstring:
-    `data` A[..., K] int8, `packed` Bᵖ, R = `rows`, N = `count`."""
+    """Kernel 1 (`signed` False: uint8 rows) or 2 (int8 rows) of the module docstring: `data`
+    A[..., K] int8 or uint8, `packed` Bᵖ, R = `rows`, N = `count`. Rows of the other signedness
+    are shifted by 128 on packing (A + s, s = ±128) and `offset`, s · Σ_k B[k, n], subtracted."""
     *lead, depth = (int(d) for d in data.shape)
     panels, groups, columns, group = (int(d) for d in packed.shape)
     total = math.prod(lead)
     tiles = -(-total // rows)
-    zero = tvm.tirx.const(0, "uint8" if offset is not None else "int8")
+    dtype = "int8" if signed else "uint8"
 
     def row(t: Any, g: Any, r: Any, q: Any) -> Any:
         value = data[(*unravel(t * rows + r, lead), g * group + q)]
-        if offset is not None:
-            value = (value.astype("int32") + 128).astype("uint8")
-        return te.if_then_else(tvm.tirx.all(t * rows + r < total, g * group + q < depth), value, zero)
+        if str(data.dtype) != dtype:
+            value = (value.astype("int32") + (-128 if signed else 128)).astype(dtype)
+        inside = tvm.tirx.all(t * rows + r < total, g * group + q < depth)
+        return te.if_then_else(inside, value, tvm.tirx.const(0, dtype))
 
     packed_rows = te.compute((tiles, groups, rows, group), row, name=INT8_ROWS)
     k = te.reduce_axis((0, groups * group), "k")
@@ -144,15 +177,15 @@ def _int8_tiles(
         left = packed_rows[t, k // group, r, k % group].astype("int32")
         return left * packed[u, k // group, c, k % group].astype("int32")
 
-    if offset is not None:  # R × C
+    if not signed:  # R × C
         result = te.compute(
             (tiles, panels, rows, columns),
             lambda t, u, r, c: te.sum(product(t, u, r, c), axis=k),
             name=INT8_TILES,
         )
 
-        def read(m: Any, n: Any) -> Any:
-            return result[m // rows, n // columns, m % rows, n % columns] - offset[n]
+        def tile(m: Any, n: Any) -> Any:
+            return result[m // rows, n // columns, m % rows, n % columns]
 
     else:  # R / 2 × C / 2 tiles of 2 × 2
         result = te.compute(
@@ -161,8 +194,11 @@ def _int8_tiles(
             name=INT8_TILES,
         )
 
-        def read(m: Any, n: Any) -> Any:
+        def tile(m: Any, n: Any) -> Any:
             return result[m // rows, n // columns, m % rows // 2, n % columns // 2, m % 2, n % 2]
+
+    def read(m: Any, n: Any) -> Any:
+        return tile(m, n) - offset[n] if offset is not None else tile(m, n)
 
     return te.compute((*lead, count), lambda *i: read(ravel(i[:-1], lead), i[-1]), name="matmul_int8_unpack")
 
@@ -180,12 +216,14 @@ def _int8_dot(data: te.Tensor, transposed: te.Tensor) -> te.Tensor:
 
 
 def legalize_int8_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
-    """The int8 kernel for the current target of an int8 × constant int8 matmul into int32, else
-    None."""
+    """The int8 kernel for the current target of an int8 or uint8 × constant int8 matmul into
+    int32, else None."""
     data, matrix = call.args
     if not isinstance(matrix, tvm.ir.expr.Constant) or len(matrix.value.shape) != 2:
         return None
-    if _dtype(data) != "int8" or _dtype(matrix) != "int8" or str(call.attrs.out_dtype) != "int32":
+    if _dtype(data) not in ("int8", "uint8") or _dtype(matrix) != "int8":
+        return None
+    if str(call.attrs.out_dtype) != "int32":
         return None
     if any(not isinstance(d, tvm.tirx.IntImm) for d in data.ty.shape) or len(data.ty.shape) < 2:
         return None
@@ -198,7 +236,10 @@ def legalize_int8_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr
     shape = [int(d) for d in data.ty.shape]
     rows, columns, group = int8_tile(instruction, math.prod(shape[:-1]), weight.shape[1])
     packed = relax.const(pack_int8(weight, columns, group))
-    offset = [] if instruction == "i8mm" else [relax.const(128 * weight.astype(np.int32).sum(axis=0))]
+    signed = instruction == "i8mm"
+    shift = 0 if _dtype(data) == ("int8" if signed else "uint8") else (-128 if signed else 128)
+    offset = [relax.const(shift * weight.astype(np.int32).sum(axis=0))] if shift else []
+    count = weight.shape[1]
     return bb.call_te(
-        _int8_tiles, data, packed, rows, weight.shape[1], *offset, primfunc_name_hint="matmul_int8"
+        _int8_tiles, data, packed, rows, count, signed, *offset, primfunc_name_hint="matmul_int8"
     )

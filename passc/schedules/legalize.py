@@ -5,8 +5,8 @@ replaced where passc's apply:
 - conv2d by the packed or the pointwise conv, and a transposed conv whose kernel is its stride by
   the packed conv's reduction (`passc.schedules.packed_conv`); a depthwise conv with a wide
   kernel on a narrow output by channel blocks (`passc.schedules.packed_depthwise`);
-- a matmul by a constant by int8 dot products (`passc.schedules.int8_matmul`, after
-  `narrow_int8_matmul` has taken the int32 widening off its int8 operands) or by packed row tiles
+- a matmul by a constant by int8 kernels (`passc.schedules.int8_matmul`, after
+  `narrow_int8_matmul` has taken the int32 widening off its 8-bit operands) or by packed row tiles
   and column panels (`passc.schedules.packed_dense`);
 - softmax and layer norm over the last axis by reductions in partials
   (`passc.schedules.row_reduction`);

@@ -8,6 +8,7 @@ whole rule return None, so a rule can only ever change how a kernel runs, never 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -160,6 +161,15 @@ def _blocks(sch: s_tir.Schedule) -> list[_Block] | None:
     return blocks
 
 
+def _inline_scalars(sch: s_tir.Schedule) -> None:
+    """Inlines each block without loops (a scalar: a zero point cast to int32) into its consumers,
+    where it can be, so that the rules see the kernel's loops around it."""
+    for rv in sch.get_child_blocks(sch.get_sblock("root")):
+        if not sch.get_loops(rv):
+            with contextlib.suppress(*_REFUSALS):
+                sch.compute_inline(rv)
+
+
 def _tile(sch: s_tir.Schedule, loop: Any, extent: int, factor: int) -> list[Any]:
     """The split (extent / factor, factor) of `loop`, as a sampled perfect tile whose decision is
     that split. Compiling, it is just the split; in a tuning record it is a choice MetaSchedule's
@@ -282,6 +292,7 @@ class _Rule(ScheduleRule):
             return None
         try:
             sch = s_tir.Schedule(func)
+            _inline_scalars(sch)
             blocks = _blocks(sch)
             if not blocks:
                 return None
@@ -1132,8 +1143,12 @@ class Int8Tiles(_Rule):
             intrinsic, group = SMMLA, 8
         else:
             return None
+        rows = [b for b in blocks[:index] if b.name == INT8_ROWS]
+        for block in blocks[:index]:  # a zero point per row cast to int32: into its consumer
+            if block.name != INT8_ROWS:
+                sch.compute_inline(block.rv)
         consumers = _inline_injective(sch, blocks[index + 1 :])
-        if len(consumers) > 1:
+        if len(consumers) > 1 or len(rows) != 1:
             return None
         t, u, *inner, k = sch.get_loops(main.rv)
         outer_k, inner_k = sch.split(k, [None, group])
@@ -1159,11 +1174,10 @@ class Int8Tiles(_Rule):
         sch.tensorize(instruction, intrinsic)
         for loop in tile_loops:
             sch.unroll(loop)
-        for block in blocks[:index]:  # the rows: a vector of a group's bytes where K fills each group
-            *outer, bytes_ = sch.get_loops(block.rv)
-            sch.parallel(sch.fuse(*outer))
-            if all(int(r.source.shape[-1]) % group == 0 for r in sch.get(block.rv).reads):
-                sch.vectorize(bytes_)
+        *outer, bytes_ = sch.get_loops(rows[0].rv)  # a vector of a group's bytes where K fills each
+        sch.parallel(sch.fuse(*outer))
+        if all(int(r.source.shape[-1]) % group == 0 for r in sch.get(rows[0].rv).reads):
+            sch.vectorize(bytes_)
         return sch
 
 
