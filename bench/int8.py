@@ -1,6 +1,6 @@
 """int8 matmul benchmark: passc's int8 kernels against onnxruntime's MatMulInteger, on the host.
 
-    python bench/int8.py [--threads 1 2] [--rounds 15] [--calls 20]
+    python bench/int8.py [--threads 1 2] [--rounds 15] [--calls 20] [--cache-dir DIR]
 
 For each shape (rows × K × N: BERT-base's and ViT-S's linear layers, and one row) it builds an
 ONNX MatMulInteger of an int8 input by a constant int8 matrix into int32, and times, in one
@@ -16,6 +16,13 @@ Each round runs every engine, in a rotating order, after a pause of PAUSE_S, one
 then `--calls` calls back to back (a round's time is their mean); the table gives the medians
 over `--rounds`, in µs, and passc's time as a ratio of each other engine's (below 1: passc is
 faster). Every engine's output is checked against onnxruntime's first, exactly.
+
+Then a whole model: bench/models.py's BERT encoder (torch export, cached in --cache-dir), float
+and quantized by onnxruntime's `quantize_dynamic` (int8 weights; uint8 activations quantized at
+run time, DynamicQuantizeLinear + MatMulInteger with zero points), each run by passc and by
+onnxruntime, one call per round. passc's int8 output is not onnxruntime's bit for bit (a float
+difference upstream can round an activation to the next quantization step); its largest
+difference is printed as a fraction of the output's largest value.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 from passc.targets import get_target
 
 from passc.lowering import resolve_target
 
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (197, 384, 1536), (1, 768, 768)]
 ENGINES = ("passc", "passc-dot", "ort-s8s8", "ort-u8s8")
+MODEL = "bert-encoder"  # bench/models.py's, quantized by onnxruntime's quantize_dynamic
 # Both thread pools spin a while after a run before their workers sleep (see bench/cpu.py): with 2
 # threads on 2 cores, calls timed right after another engine's ran up to 2x slower.
 PAUSE_S = 0.25
@@ -83,8 +92,25 @@ def _run_session(session, a: np.ndarray) -> np.ndarray:
     return session.run(None, {"a": a})[0]
 
 
-def _worker(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
-    """Times every engine on every shape in this process (TVM_NUM_THREADS is already set)."""
+def _time(engines: dict, rounds: int, calls: int) -> dict[str, float]:
+    """Median µs per call of each engine: rounds in a rotating order, each engine's after a pause
+    and one untimed call."""
+    times: dict[str, list[float]] = {key: [] for key in engines}
+    order = list(engines)
+    for round_ in range(rounds):
+        shift = round_ % len(order)
+        for key in order[shift:] + order[:shift]:
+            time.sleep(PAUSE_S)  # the previous engine's idle workers stop spinning
+            engines[key]()
+            start = time.perf_counter()
+            for _ in range(calls):
+                engines[key]()
+            times[key].append((time.perf_counter() - start) / calls)
+    return {key: statistics.median(v) * 1e6 for key, v in times.items()}
+
+
+def _matmuls(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
+    """The MatMulInteger shapes' times, by shape."""
     import onnxruntime as ort
 
     import passc
@@ -92,9 +118,7 @@ def _worker(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
     host = get_target("host")
     mattr = ["-avx512vnni", "-avxvnni"]
     no_vnni = dataclasses.replace(host, tvm={**resolve_target(host.tvm), "mattr": mattr})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options = _session_options(ort, threads)
     results = {}
     for rows, depth, count in SHAPES:
         name = f"{rows}x{depth}x{count}"
@@ -114,19 +138,55 @@ def _worker(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
         for key, run in engines.items():
             if not np.array_equal(run(), expected):
                 raise SystemExit(f"{key} differs from onnxruntime on {name}")
-        times: dict[str, list[float]] = {key: [] for key in engines}
-        order = list(engines)
-        for round_ in range(rounds):
-            shift = round_ % len(order)
-            for key in order[shift:] + order[:shift]:
-                time.sleep(PAUSE_S)  # the previous engine's idle workers stop spinning
-                engines[key]()
-                start = time.perf_counter()
-                for _ in range(calls):
-                    engines[key]()
-                times[key].append((time.perf_counter() - start) / calls)
-        results[name] = {key: statistics.median(v) * 1e6 for key, v in times.items()}
+        results[name] = _time(engines, rounds, calls)
     return results
+
+
+def _session_options(ort, threads: int):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def _quantized_model(threads: int, rounds: int, cache_dir: Path, scratch: Path) -> dict:
+    """The suite's BERT encoder, float and quantized by onnxruntime's `quantize_dynamic` (int8
+    weights; uint8 activations with a zero point, quantized at run time): passc and onnxruntime
+    on each; and passc's int8 output's largest difference from onnxruntime's."""
+    import onnxruntime as ort
+    from models import suite
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import passc
+
+    model = suite(cache_dir, [MODEL])[MODEL]
+    quantized = scratch / f"{MODEL}-int8.onnx"
+    quantize_dynamic(model.path, quantized, weight_type=QuantType.QInt8)
+    (name,) = model.input_shapes
+    feeds = {name: np.random.default_rng(0).integers(0, 1000, model.input_shapes[name]).astype(np.int64)}
+    options = _session_options(ort, threads)
+    engines = {}
+    for key, path in (("int8", quantized), ("fp32", model.path)):
+        artifact = passc.compile(path, get_target("host"), scratch / f"{MODEL}-{key}")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        engines[f"passc-{key}"] = functools.partial(_first_output, artifact.run, feeds)
+        engines[f"ort-{key}"] = functools.partial(_first_output, lambda f, s=session: s.run(None, f), feeds)
+    expected = engines["ort-int8"]()
+    error = float(np.abs(engines["passc-int8"]() - expected).max() / np.abs(expected).max())
+    return {"us": _time(engines, rounds, 1), "error": error}
+
+
+def _first_output(run, feeds: dict) -> np.ndarray:
+    outputs = run(feeds)
+    return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs[0]
+
+
+def _worker(threads: int, rounds: int, calls: int, cache_dir: Path, scratch: Path) -> dict:
+    """Times every engine in this process (TVM_NUM_THREADS is already set)."""
+    return {
+        "matmuls": _matmuls(threads, rounds, calls, scratch),
+        "model": _quantized_model(threads, rounds, cache_dir, scratch),
+    }
 
 
 def main() -> None:
@@ -136,26 +196,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(platformdirs.user_cache_dir("passc")) / "bench"
+    )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
         with tempfile.TemporaryDirectory() as scratch:
-            print(json.dumps(_worker(args.worker, args.rounds, args.calls, Path(scratch))))
+            results = _worker(args.worker, args.rounds, args.calls, args.cache_dir, Path(scratch))
+        print(json.dumps(results))
         return
     cpu = resolve_target(get_target("host").tvm)["mcpu"]
     print(f"host CPU (LLVM): {cpu}; µs per call, median of {args.rounds} rounds")
     for threads in args.threads:
         env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
         command = [sys.executable, __file__, "--worker", str(threads), "--rounds", str(args.rounds)]
-        done = subprocess.run([*command, "--calls", str(args.calls)], env=env, capture_output=True, text=True)
+        command += ["--calls", str(args.calls), "--cache-dir", str(args.cache_dir)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(done.stderr)
         results = json.loads(done.stdout.splitlines()[-1])
         print(f"\n{threads} thread(s)")
         print(f"{'shape':>16} " + " ".join(f"{e:>10}" for e in ENGINES) + "   passc / (dot, s8s8, u8s8)")
-        for name, us in results.items():
+        for name, us in results["matmuls"].items():
             ratios = " ".join(f"{us['passc'] / us[e]:5.2f}" for e in ENGINES[1:])
             print(f"{name:>16} " + " ".join(f"{us[e]:10.1f}" for e in ENGINES) + f"   {ratios}")
+        model = results["model"]
+        us = {key: value / 1e3 for key, value in model["us"].items()}
+        print(
+            f"{MODEL}, ms: passc int8 {us['passc-int8']:.2f}, onnxruntime int8 {us['ort-int8']:.2f} "
+            f"(ratio {us['passc-int8'] / us['ort-int8']:.2f}); passc fp32 {us['passc-fp32']:.2f}, "
+            f"onnxruntime fp32 {us['ort-fp32']:.2f}; passc int8's largest difference from "
+            f"onnxruntime int8's output: {model['error']:.1e} of its largest value"
+        )
 
 
 if __name__ == "__main__":

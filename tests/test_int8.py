@@ -277,13 +277,14 @@ def test_uint8_rows_are_shifted_to_int8_for_smmla(tmp_path: Path) -> None:
 def test_a_dynamically_quantized_model_runs_its_matmuls_in_int8(tmp_path: Path) -> None:
     """onnxruntime's `quantize_dynamic` writes DynamicQuantizeLinear + MatMulInteger (uint8
     activations with a computed zero point, int8 weights): every MatMulInteger takes the int8
-    tiles, and the model's output is onnxruntime's to within one quantization step of the result
-    (a float difference upstream can round an activation to the next step)."""
+    tiles, each activation's min and max (for its scale) `TrailingSum`'s vector partials, and the
+    model's output is onnxruntime's to within one quantization step of the result (a float
+    difference upstream can round an activation to the next step)."""
     import onnx
     from onnx import helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from passc.schedules.rules import INT8_TILES
+    from passc.schedules.rules import INT8_TILES, TrailingSum
 
     rng = np.random.default_rng(0)
     first, second = (rng.standard_normal(shape).astype(np.float32) * 0.05 for shape in ((64, 96), (96, 32)))
@@ -302,8 +303,13 @@ def test_a_dynamically_quantized_model_runs_its_matmuls_in_int8(tmp_path: Path) 
     path = tmp_path / "quantized.onnx"
     quantize_dynamic(tmp_path / "float.onnx", path, weight_type=QuantType.QInt8)
     assert sum(n.op_type == "MatMulInteger" for n in onnx.load(path).graph.node) == 2
-    scripts = [f.script() for f in _legalized(path, {"kind": "llvm", "mcpu": "cascadelake"}).values()]
-    assert sum(f'T.sblock("{INT8_TILES}")' in s for s in scripts) == 2
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
+    kernels = _legalized(path, target)
+    assert sum(f'T.sblock("{INT8_TILES}")' in f.script() for f in kernels.values()) == 2
+    extremes = [f for name, f in kernels.items() if re.fullmatch(r"(max|min)\d*", name)]
+    assert len(extremes) == 4  # each activation's min and max, for its scale and zero point
+    with target:  # a max over the whole tensor: vector partials, not one scalar chain
+        assert all(TrailingSum().apply(f, target, False) is not None for f in extremes)
     x = {"x": rng.standard_normal((16, 64)).astype(np.float32)}
     artifact = passc.compile(path, target="host", output=tmp_path / "host")
     expected = oracle.run_onnxruntime(load_model(path).model, x)["y"]
