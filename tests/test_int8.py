@@ -39,7 +39,11 @@ def _int8_matmul(
 
 
 def _expected(path: Path, a: np.ndarray) -> np.ndarray:
-    return oracle.run_onnxruntime(load_model(path).model, {"a": a})["y"]
+    return _expected_with(path, {"a": a})
+
+
+def _expected_with(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return oracle.run_onnxruntime(load_model(path).model, feeds)["y"]
 
 
 def _objdump(name: str) -> str:
@@ -260,8 +264,7 @@ def test_matmul_integer_with_zero_points_matches_onnxruntime_exactly(tmp_path: P
     scripts = [f.script() for f in _legalized(path, {"kind": "llvm", "mcpu": "cascadelake"}).values()]
     assert any(f'T.sblock("{INT8_TILES}")' in s for s in scripts) == (case != "s8-wide")
     artifact = passc.compile(path, target="host", output=tmp_path / "host")
-    expected = oracle.run_onnxruntime(load_model(path).model, feeds)["y"]
-    np.testing.assert_array_equal(artifact.run(feeds)["y"], expected)
+    np.testing.assert_array_equal(artifact.run(feeds)["y"], _expected_with(path, feeds))
 
 
 def test_uint8_rows_are_shifted_to_int8_for_smmla(tmp_path: Path) -> None:
@@ -270,8 +273,7 @@ def test_uint8_rows_are_shifted_to_int8_for_smmla(tmp_path: Path) -> None:
     _objdump("aarch64-linux-gnu-objdump")
     path, feeds = _with_zero_points(tmp_path, "u8-input")
     artifact = passc.compile(path, target="armv9", output=tmp_path / "armv9", bundle=True)
-    expected = oracle.run_onnxruntime(load_model(path).model, feeds)["y"]
-    np.testing.assert_array_equal(artifact.run(feeds, emulate=True)["y"], expected)
+    np.testing.assert_array_equal(artifact.run(feeds, emulate=True)["y"], _expected_with(path, feeds))
 
 
 def test_a_dynamically_quantized_model_runs_its_matmuls_in_int8(tmp_path: Path) -> None:
@@ -315,3 +317,33 @@ def test_a_dynamically_quantized_model_runs_its_matmuls_in_int8(tmp_path: Path) 
     expected = oracle.run_onnxruntime(load_model(path).model, x)["y"]
     step = np.abs(expected).max() / 127
     np.testing.assert_allclose(artifact.run(x)["y"], expected, rtol=0, atol=step)
+
+
+def _narrowed(zero_shape: tuple[int, ...]) -> str:
+    """`narrow_int8_matmul` applied to matmul(astype(A, int32) - Z, astype(W, int32)), A int8
+    [6, 40], W a constant int8 [40, 40] and Z an int32 input of `zero_shape`: the function's text."""
+    from tvm import relax
+
+    from passc.schedules.int8_matmul import narrow_int8_matmul
+
+    weight = np.random.default_rng(0).integers(-128, 128, (40, 40)).astype(np.int8)
+    a = relax.Var("a", relax.TensorType((6, 40), "int8"))
+    zero = relax.Var("z", relax.TensorType(zero_shape, "int32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [a, zero]):
+        with builder.dataflow():
+            shifted = builder.emit(relax.op.subtract(builder.emit(relax.op.astype(a, "int32")), zero))
+            wide = builder.emit(relax.op.astype(relax.const(weight), "int32"))
+            y = builder.emit_output(relax.op.matmul(shifted, wide, out_dtype="int32"))
+        builder.emit_func_output(y)
+    return narrow_int8_matmul(builder.get())["main"].script()
+
+
+def test_only_a_zero_point_constant_along_k_is_narrowed() -> None:
+    """Σ_k (A - Z)·B = Σ_k A·B - Z·Σ_k B only when Z is the same for every k: a scalar or one
+    per row ([6, 1]) is narrowed to an int8 matmul, a Z per k ([40]) is not. (B is square, so
+    that Z·Σ_k B would broadcast without an error: a wrong narrowing would go unnoticed but for
+    the numbers.)"""
+    narrowed = 'R.matmul(a, metadata["ir.GenericConst"][0], out_dtype="int32")'
+    assert narrowed in _narrowed(()) and narrowed in _narrowed((6, 1))
+    assert "R.matmul(a," not in _narrowed((40,)) and 'R.astype(a, dtype="int32")' in _narrowed((40,))

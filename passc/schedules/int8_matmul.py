@@ -82,9 +82,11 @@ def _dtype(expr: relax.Expr) -> str:
 
 
 def _narrow(call: relax.Call, matches: dict[Any, relax.Expr]) -> relax.Expr:
-    rows = matches[_ROWS]
+    rows, zero = matches[_ROWS], matches.get(_ZERO)
     if _dtype(rows) not in ("int8", "uint8") or _dtype(call) != "int32":
         return call
+    if zero is not None and not _constant_along_k(zero):
+        return call  # not a zero point: Σ_k (A - Z)·B needs Z the same for every k
     matrix = matches[_WEIGHT].value.numpy().astype(np.int64)
     if _WEIGHT_ZERO in matches:  # a scalar, or one per column
         matrix = matrix - matches[_WEIGHT_ZERO].value.numpy().astype(np.int64)
@@ -92,10 +94,20 @@ def _narrow(call: relax.Call, matches: dict[Any, relax.Expr]) -> relax.Expr:
         return call
     narrow = matrix.astype(np.int8)
     product = relax.op.matmul(rows, relax.const(narrow), out_dtype="int32")
-    if _ZERO not in matches:
+    if zero is None:
         return product
     sums = relax.const(narrow.astype(np.int32).sum(axis=0))
-    return relax.op.subtract(product, relax.op.multiply(matches[_ZERO], sums))
+    return relax.op.subtract(product, relax.op.multiply(zero, sums))
+
+
+def _constant_along_k(zero: relax.Expr) -> bool:
+    """Whether `zero` is a scalar, or its last axis (A's k, when it broadcasts against A) has
+    length 1: a zero point per tensor or per row."""
+    shape = zero.ty.shape if isinstance(zero.ty, relax.TensorType) else None
+    if shape is None or not isinstance(shape, relax.ShapeExpr):
+        return False
+    dims = list(shape.values)
+    return not dims or (isinstance(dims[-1], tvm.tirx.IntImm) and int(dims[-1]) == 1)
 
 
 @tvm.transform.module_pass(opt_level=0, name="NarrowInt8Matmul")
@@ -204,7 +216,8 @@ def _int8_tiles(
 
 
 def _int8_dot(data: te.Tensor, transposed: te.Tensor) -> te.Tensor:
-    """Kernel 3 of the module docstring: `data` [..., M, K] int8, `transposed` Bᵀ [N, K] int8."""
+    """Kernel 3 of the module docstring: `data` [..., M, K] int8 or uint8, `transposed` Bᵀ [N, K]
+    int8."""
     *lead, depth = (int(d) for d in data.shape)
     count = int(transposed.shape[0])
     k = te.reduce_axis((0, depth), "k")
