@@ -26,8 +26,9 @@ so every kernel equals onnxruntime's result bit for bit.
        A'ᵖ[m // R, k // 4, m % R, k % 4] = A'[m, k]         Bᵖ[n // C, k // 4, n % C, k % 4] = B[k, n]
 
    so one instruction takes a row's 4 bytes (broadcast) and 4 bytes of each of a vector's columns,
-   64 contiguous bytes of the panel. The kernel writes R × C tiles; the epilogue reads them back
-   into C[m, n] and subtracts the constant. C = 2 vectors, R up to 8: 16 accumulators.
+   64 contiguous bytes of the panel. The kernel writes R × C tiles as R × C / L vectors of the
+   instruction's L lanes; the epilogue reads them back into C[m, n] and subtracts the constant.
+   C = 2 vectors, R up to 8: 16 accumulators.
 2. **Tiles of `smmla`** (aarch64 with i8mm). `smmla` multiplies a 2 × 8 block of A by an 8 × 2
    block of B into a 2 × 2 int32 tile. A is packed at run time, B once, in groups of 8 along k:
 
@@ -122,6 +123,10 @@ def narrow_int8_matmul(mod: tvm.IRModule, _context: Any) -> tvm.IRModule:
     return mod
 
 
+# The int32 lanes of `vpdpbusd` for each VNNI of `int8_instruction`.
+VNNI_LANES = {"vnni16": 16, "vnni8": 8}
+
+
 def int8_instruction(target: Target) -> str | None:
     """ "vnni16" (AVX-512 VNNI), "vnni8" (AVX-VNNI) or "i8mm" when the target has that int8
     matrix instruction (LLVM's features for its triple, mcpu and mattr), else None."""
@@ -150,7 +155,7 @@ def int8_tile(instruction: str, rows: int, columns: int) -> tuple[int, int, int]
     groups of 4; `smmla` up to 8 by 8 in 2 × 2 tiles, groups of 8."""
     if instruction == "i8mm":
         return _rows(rows, 4, 8, 2), min(8, -(-columns // 2) * 2), 8
-    lanes = 16 if instruction == "vnni16" else 8
+    lanes = VNNI_LANES[instruction]
     return _rows(rows, 4, 8 if lanes == 16 else 6, 1), lanes * min(2, -(-columns // lanes)), 4
 
 
@@ -164,15 +169,22 @@ def pack_int8(matrix: np.ndarray, columns: int, group: int) -> np.ndarray:
 
 
 def _int8_tiles(
-    data: te.Tensor, packed: te.Tensor, rows: int, count: int, signed: bool, offset: te.Tensor | None = None
+    data: te.Tensor,
+    packed: te.Tensor,
+    rows: int,
+    count: int,
+    lanes: int,
+    offset: te.Tensor | None = None,
 ) -> te.Tensor:
-    """Kernel 1 (`signed` False: uint8 rows) or 2 (int8 rows) of the module docstring: `data`
-    A[..., K] int8 or uint8, `packed` Bᵖ, R = `rows`, N = `count`. Rows of the other signedness
-    are shifted by 128 on packing (A + s, s = ±128) and `offset`, s · Σ_k B[k, n], subtracted."""
+    """Kernel 1 (`lanes` the int32 lanes of `vpdpbusd`, uint8 rows) or 2 (`lanes` 0, int8 rows) of
+    the module docstring: `data` A[..., K] int8 or uint8, `packed` Bᵖ, R = `rows`, N = `count`.
+    Rows of the other signedness are shifted by 128 on packing (A + s, s = ±128) and `offset`,
+    s · Σ_k B[k, n], subtracted."""
     *lead, depth = (int(d) for d in data.shape)
     panels, groups, columns, group = (int(d) for d in packed.shape)
     total = math.prod(lead)
     tiles = -(-total // rows)
+    signed = lanes == 0
     dtype = "int8" if signed else "uint8"
 
     def row(t: Any, g: Any, r: Any, q: Any) -> Any:
@@ -189,15 +201,15 @@ def _int8_tiles(
         left = packed_rows[t, k // group, r, k % group].astype("int32")
         return left * packed[u, k // group, c, k % group].astype("int32")
 
-    if not signed:  # R × C
+    if not signed:  # R × C / L vectors of L lanes
         result = te.compute(
-            (tiles, panels, rows, columns),
-            lambda t, u, r, c: te.sum(product(t, u, r, c), axis=k),
+            (tiles, panels, rows, columns // lanes, lanes),
+            lambda t, u, r, v, j: te.sum(product(t, u, r, v * lanes + j), axis=k),
             name=INT8_TILES,
         )
 
         def tile(m: Any, n: Any) -> Any:
-            return result[m // rows, n // columns, m % rows, n % columns]
+            return result[m // rows, n // columns, m % rows, n % columns // lanes, n % lanes]
 
     else:  # R / 2 × C / 2 tiles of 2 × 2
         result = te.compute(
@@ -249,10 +261,10 @@ def legalize_int8_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr
     shape = [int(d) for d in data.ty.shape]
     rows, columns, group = int8_tile(instruction, math.prod(shape[:-1]), weight.shape[1])
     packed = relax.const(pack_int8(weight, columns, group))
-    signed = instruction == "i8mm"
-    shift = 0 if _dtype(data) == ("int8" if signed else "uint8") else (-128 if signed else 128)
+    lanes = VNNI_LANES.get(instruction, 0)
+    shift = 0 if _dtype(data) == ("uint8" if lanes else "int8") else (128 if lanes else -128)
     offset = [relax.const(shift * weight.astype(np.int32).sum(axis=0))] if shift else []
     count = weight.shape[1]
     return bb.call_te(
-        _int8_tiles, data, packed, rows, count, signed, *offset, primfunc_name_hint="matmul_int8"
+        _int8_tiles, data, packed, rows, count, lanes, *offset, primfunc_name_hint="matmul_int8"
     )

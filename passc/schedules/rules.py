@@ -1140,9 +1140,8 @@ class Int8Tiles(_Rule):
         if index is None:
             return None
         main = blocks[index]
-        lanes = 16 if spec.registers >= 32 else 8  # int32 lanes: AVX-512 VNNI's, or AVX-VNNI's
-        if main.kinds == "SSSSR" and main.extents[3] % lanes == 0:  # R × C
-            intrinsic, group = vnni_dot(lanes), 4
+        if main.kinds == "SSSSSR":  # R × C / L vectors of L lanes
+            intrinsic, group = vnni_dot(main.extents[4]), 4
         elif main.kinds == "SSSSSSR":  # R / 2 × C / 2 tiles of 2 × 2
             intrinsic, group = SMMLA, 8
         else:
@@ -1154,15 +1153,12 @@ class Int8Tiles(_Rule):
         consumers = _inline_injective(sch, blocks[index + 1 :])
         if len(consumers) > 1 or len(rows) != 1:
             return None
-        t, u, *inner, k = sch.get_loops(main.rv)
+        # t, u, the tile's two loops (rows and vectors, or row and column pairs), the instruction's
+        # (lanes, or a 2 × 2 tile), k
+        t, u, *loops, k = sch.get_loops(main.rv)
+        tile_loops, instruction_loops = loops[:2], loops[2:]
         outer_k, inner_k = sch.split(k, [None, group])
-        if intrinsic == SMMLA:
-            tile_loops, instruction = inner[:2], inner[2]
-            sch.reorder(u, t, outer_k, *inner, inner_k)
-        else:
-            vector, lane = sch.split(inner[1], [None, lanes])
-            tile_loops, instruction = [inner[0], vector], lane
-            sch.reorder(u, t, outer_k, inner[0], vector, lane, inner_k)
+        sch.reorder(u, t, outer_k, *tile_loops, *instruction_loops, inner_k)
         tile = sch.fuse(u, t)
         if math.prod(main.extents) >= _PARALLEL_MIN and int(sch.get(tile).extent) > 1:
             sch.parallel(tile)
@@ -1173,9 +1169,9 @@ class Int8Tiles(_Rule):
         except _REFUSALS:
             _vectorize_flat(sch, epilogue, spec)
         init = sch.decompose_reduction(main.rv, outer_k)
-        init_lanes = sch.get_loops(init)[-1 if intrinsic != SMMLA else -2 :]
+        init_lanes = sch.get_loops(init)[-len(instruction_loops) :]
         sch.vectorize(sch.fuse(*init_lanes) if len(init_lanes) > 1 else init_lanes[0])
-        sch.tensorize(instruction, intrinsic)
+        sch.tensorize(instruction_loops[0], intrinsic)
         for loop in tile_loops:
             sch.unroll(loop)
         *outer, bytes_ = sch.get_loops(rows[0].rv)  # a vector of a group's bytes where K fills each
