@@ -37,7 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import platformdirs
@@ -112,11 +114,9 @@ def _worker(spec: dict) -> dict:
 
     threads = int(os.environ["TVM_NUM_THREADS"])
     model_path = Path(spec["onnx"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_path), session_options(ort, threads), providers=["CPUExecutionProvider"]
+    )
     artifacts = {name: passc.load(spec[name]) for name in ARTIFACTS}
     inputs = {k: np.load(v) for k, v in spec["inputs"].items()}
     engines = {name: functools.partial(artifact.run, inputs) for name, artifact in artifacts.items()}
@@ -126,26 +126,45 @@ def _worker(spec: dict) -> dict:
         name: max(e.max_rel for e in oracle.compare(artifact.run(inputs), expected))
         for name, artifact in artifacts.items()
     }
-    times: dict[str, list[float]] = {name: [] for name in engines}
     warm = {}
     for name, run in engines.items():
         start = time.perf_counter()
         run()  # warm-up: first-call allocation and thread pool start
         warm[name] = spec["warm"] if time.perf_counter() - start < LONG_RUN_S else 0
+    seconds = interleaved(engines, spec["runs"], warm)
+    return {"ms": {k: v * 1e3 for k, v in seconds.items()}, "max_rel": errors}
+
+
+def session_options(ort: Any, threads: int) -> Any:
+    """onnxruntime's session options for a run at `threads` threads (intra-op; inter-op 1)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def interleaved(
+    engines: dict[str, Callable[[], Any]], rounds: int, warm: dict[str, int], calls: int = 1
+) -> dict[str, float]:
+    """Each engine's median seconds per call over `rounds` rounds. In each round every engine
+    waits PAUSE_S, runs `warm[name]` times untimed, then `calls` times back to back (a round's
+    time is their mean). Interleaved, so load changes hit every engine alike, and each round
+    starts one engine later, so no engine always runs after the same one (after untuned's seconds
+    of naive loops, say, which leave the caches full of its own data)."""
+    times: dict[str, list[float]] = {name: [] for name in engines}
     names = list(engines)
-    for round_ in range(spec["runs"]):
-        # Interleaved, so load changes hit every engine alike, and each round starts one engine
-        # later, so no engine always runs after the same one (after untuned's seconds of naive
-        # loops, say, which leave the caches full of its own data).
+    for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             time.sleep(PAUSE_S)  # the previous engine's idle workers stop spinning
             for _ in range(warm[name]):
                 engines[name]()
             start = time.perf_counter()
-            engines[name]()
-            times[name].append(time.perf_counter() - start)
-    return {"ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}, "max_rel": errors}
+            for _ in range(calls):
+                engines[name]()
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def _geomean(values: list[float]) -> float:

@@ -12,10 +12,11 @@ process per thread count, interleaved:
 - `ort-u8s8`: onnxruntime on the same product written the way its own quantizer writes it
   (uint8 input A + 128 with zero point 128), which takes its fastest kernels (MLAS's VNNI or AMX
   ones, where the CPU has them).
-Each round runs every engine, in a rotating order, after a pause of PAUSE_S, one untimed call,
-then `--calls` calls back to back (a round's time is their mean); the table gives the medians
-over `--rounds`, in µs, and passc's time as a ratio of each other engine's (below 1: passc is
-faster). Every engine's output is checked against onnxruntime's first, exactly.
+Each round runs every engine, in a rotating order (bench/cpu.py's `interleaved`), after a pause
+of bench/cpu.py's PAUSE_S, one untimed call, then `--calls` calls back to back (a round's time is
+their mean); the table gives the medians over `--rounds`, in µs, and passc's time as a ratio of
+each other engine's (below 1: passc is faster). Every engine's output is checked against
+onnxruntime's first, exactly.
 
 Then a whole model: bench/models.py's BERT encoder (torch export, cached in --cache-dir), float
 and quantized by onnxruntime's `quantize_dynamic` (int8 weights; uint8 activations quantized at
@@ -32,15 +33,14 @@ import dataclasses
 import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import platformdirs
+from cpu import interleaved, session_options
 from passc.targets import get_target
 
 from passc.lowering import resolve_target
@@ -48,9 +48,6 @@ from passc.lowering import resolve_target
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (197, 384, 1536), (1, 768, 768)]
 ENGINES = ("passc", "passc-dot", "ort-s8s8", "ort-u8s8")
 MODEL = "bert-encoder"  # bench/models.py's, quantized by onnxruntime's quantize_dynamic
-# Both thread pools spin a while after a run before their workers sleep (see bench/cpu.py): with 2
-# threads on 2 cores, calls timed right after another engine's ran up to 2x slower.
-PAUSE_S = 0.25
 
 
 def _model(rows: int, depth: int, count: int, unsigned: bool, path: Path) -> Path:
@@ -92,23 +89,6 @@ def _run_session(session, a: np.ndarray) -> np.ndarray:
     return session.run(None, {"a": a})[0]
 
 
-def _time(engines: dict, rounds: int, calls: int) -> dict[str, float]:
-    """Median µs per call of each engine: rounds in a rotating order, each engine's after a pause
-    and one untimed call."""
-    times: dict[str, list[float]] = {key: [] for key in engines}
-    order = list(engines)
-    for round_ in range(rounds):
-        shift = round_ % len(order)
-        for key in order[shift:] + order[:shift]:
-            time.sleep(PAUSE_S)  # the previous engine's idle workers stop spinning
-            engines[key]()
-            start = time.perf_counter()
-            for _ in range(calls):
-                engines[key]()
-            times[key].append((time.perf_counter() - start) / calls)
-    return {key: statistics.median(v) * 1e6 for key, v in times.items()}
-
-
 def _matmuls(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
     """The MatMulInteger shapes' times, by shape."""
     import onnxruntime as ort
@@ -118,7 +98,7 @@ def _matmuls(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
     host = get_target("host")
     mattr = ["-avx512vnni", "-avxvnni"]
     no_vnni = dataclasses.replace(host, tvm={**resolve_target(host.tvm), "mattr": mattr})
-    options = _session_options(ort, threads)
+    options = session_options(ort, threads)
     results = {}
     for rows, depth, count in SHAPES:
         name = f"{rows}x{depth}x{count}"
@@ -138,15 +118,8 @@ def _matmuls(threads: int, rounds: int, calls: int, scratch: Path) -> dict:
         for key, run in engines.items():
             if not np.array_equal(run(), expected):
                 raise SystemExit(f"{key} differs from onnxruntime on {name}")
-        results[name] = _time(engines, rounds, calls)
+        results[name] = _microseconds(interleaved(engines, rounds, dict.fromkeys(engines, 1), calls))
     return results
-
-
-def _session_options(ort, threads: int):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return options
 
 
 def _quantized_model(threads: int, rounds: int, cache_dir: Path, scratch: Path) -> dict:
@@ -164,7 +137,7 @@ def _quantized_model(threads: int, rounds: int, cache_dir: Path, scratch: Path) 
     quantize_dynamic(model.path, quantized, weight_type=QuantType.QInt8)
     (name,) = model.input_shapes
     feeds = {name: np.random.default_rng(0).integers(0, 1000, model.input_shapes[name]).astype(np.int64)}
-    options = _session_options(ort, threads)
+    options = session_options(ort, threads)
     engines = {}
     for key, path in (("int8", quantized), ("fp32", model.path)):
         artifact = passc.compile(path, get_target("host"), scratch / f"{MODEL}-{key}")
@@ -173,7 +146,11 @@ def _quantized_model(threads: int, rounds: int, cache_dir: Path, scratch: Path) 
         engines[f"ort-{key}"] = functools.partial(_first_output, lambda f, s=session: s.run(None, f), feeds)
     expected = engines["ort-int8"]()
     error = float(np.abs(engines["passc-int8"]() - expected).max() / np.abs(expected).max())
-    return {"us": _time(engines, rounds, 1), "error": error}
+    return {"us": _microseconds(interleaved(engines, rounds, dict.fromkeys(engines, 1))), "error": error}
+
+
+def _microseconds(seconds: dict[str, float]) -> dict[str, float]:
+    return {name: value * 1e6 for name, value in seconds.items()}
 
 
 def _first_output(run, feeds: dict) -> np.ndarray:
