@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,6 +68,23 @@ def matmul_by(weight: np.ndarray, op: str, rows: int | tuple[int, ...], out_type
         [onnx.numpy_helper.from_array(weight, "b")],
     )
     return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def legalized_kernels(model: Path | onnx.ModelProto | ir.Model, target: Any) -> dict[str, Any]:
+    """The kernels (PrimFuncs by name) that passc's legalize phases make of an ONNX model (a
+    file, a ModelProto or an onnx_ir model) for a TVM target (a Target or its dict)."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from passc.schedules import legalize_passes
+
+    if isinstance(model, Path):
+        model = onnx.load(model)
+    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    mod = from_onnx(proto, keep_params_in_input=False)
+    with tvm.target.Target(target):
+        mod = tvm.transform.Sequential(legalize_passes())(mod)
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 def disassembly(objdump: str, library: Path) -> str:

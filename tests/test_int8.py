@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tvm
-from conftest import disassembly, matmul_by
+from conftest import disassembly, legalized_kernels, matmul_by
 from onnx import TensorProto
 from passc.targets import get_target
 
@@ -51,18 +51,6 @@ def _objdump(name: str) -> str:
     if objdump is None:
         pytest.skip(f"{name} (binutils) is not installed")
     return objdump
-
-
-def _legalized(path: Path, tvm_target: dict[str, Any]) -> dict[str, Any]:
-    """The legalized kernels of the model at `path` for `tvm_target`, by name."""
-    import onnx
-    from tvm.relax.frontend.onnx import from_onnx
-
-    from passc.schedules import legalize_passes
-
-    with tvm.target.Target(tvm_target):
-        mod = tvm.transform.Sequential(legalize_passes())(from_onnx(onnx.load(path)))
-    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 @pytest.mark.parametrize(
@@ -109,7 +97,7 @@ def test_int8_matmul_stays_int8_and_takes_the_cpus_kernel(tmp_path: Path) -> Non
     path, _ = _int8_matmul(tmp_path)
     for mcpu, rule in (("skylake-avx512", Int8Dot), ("cascadelake", Int8Tiles)):
         target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
-        kernels = _legalized(path, target)
+        kernels = legalized_kernels(path, target)
         assert list(kernels) == ["matmul_int8"]
         func = kernels["matmul_int8"]
         signature = func.script().split("def main(", 1)[1].split("):", 1)[0]
@@ -181,7 +169,7 @@ def test_int8_matmul_with_a_dequantizing_epilogue_is_one_tiled_kernel(tmp_path: 
     )
     path = tmp_path / "dequantized.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    kernels = _legalized(path, {"kind": "llvm", "mcpu": "cascadelake"})
+    kernels = legalized_kernels(path, {"kind": "llvm", "mcpu": "cascadelake"})
     assert len(kernels) == 1 and f'T.sblock("{INT8_TILES}")' in next(iter(kernels.values())).script()
     a = rng.integers(-128, 128, (20, 96)).astype(np.int8)
     artifact = passc.compile(path, target="host", output=tmp_path / "host")
@@ -261,7 +249,7 @@ def test_matmul_integer_with_zero_points_matches_onnxruntime_exactly(tmp_path: P
     from passc.schedules.rules import INT8_TILES
 
     path, feeds = _with_zero_points(tmp_path, case)
-    scripts = [f.script() for f in _legalized(path, {"kind": "llvm", "mcpu": "cascadelake"}).values()]
+    scripts = [f.script() for f in legalized_kernels(path, {"kind": "llvm", "mcpu": "cascadelake"}).values()]
     assert any(f'T.sblock("{INT8_TILES}")' in s for s in scripts) == (case != "s8-wide")
     artifact = passc.compile(path, target="host", output=tmp_path / "host")
     np.testing.assert_array_equal(artifact.run(feeds)["y"], _expected_with(path, feeds))
@@ -306,7 +294,7 @@ def test_a_dynamically_quantized_model_runs_its_matmuls_in_int8(tmp_path: Path) 
     quantize_dynamic(tmp_path / "float.onnx", path, weight_type=QuantType.QInt8)
     assert sum(n.op_type == "MatMulInteger" for n in onnx.load(path).graph.node) == 2
     target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake"})
-    kernels = _legalized(path, target)
+    kernels = legalized_kernels(path, target)
     assert sum(f'T.sblock("{INT8_TILES}")' in f.script() for f in kernels.values()) == 2
     extremes = [f for name, f in kernels.items() if re.fullmatch(r"(max|min)\d*", name)]
     assert len(extremes) == 4  # each activation's min and max, for its scale and zero point

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import disassembly, matmul_by, weighted_model
+from conftest import disassembly, legalized_kernels, matmul_by, weighted_model
 
 import passc
 from passc import oracle
@@ -380,7 +380,7 @@ def test_one_by_one_convs_whose_operands_leave_l1_reduce_in_chunks(
         w=rng.standard_normal((96, channels, 1, 1)).astype(np.float32),
     )
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    (conv,) = [f for k, f in _legalized_model(model, target).items() if "conv2d_p" in k]
+    (conv,) = [f for k, f in legalized_kernels(model, target).items() if "conv2d_p" in k]
     with target:
         sch = getattr(rules, rule)().apply(conv, target, False)
     splits = [[int(v) for v in d] for d in sch.trace.decisions.values()]
@@ -643,7 +643,7 @@ def test_packed_convs_over_maps_larger_than_their_weights_run_bands_of_rows_in_p
         w2=rng.standard_normal((64, 32, 3, 3)).astype(np.float32),  # 18432 weights, 3200 inputs
     )
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
-    kernels = _legalized_model(model, target)
+    kernels = legalized_kernels(model, target)
     convs = {k: f for k, f in kernels.items() if "conv2d_packed" in k}
     assert len(convs) == 2, sorted(kernels)
     with target:
@@ -669,23 +669,7 @@ def test_pointwise_tile(plane: tuple[int, int], channels: int, spec: CPUSpec, ti
 
 
 def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
-    import onnx
-
-    return _legalized_model(onnx.load(_export(name, tmp_path)), target)
-
-
-def _legalized_model(model: object, target: object) -> dict[str, object]:
-    """The legalized kernels of an ONNX model (a ModelProto, or an onnx_ir model)."""
-    import onnx_ir as ir
-    from tvm.relax.frontend.onnx import from_onnx
-
-    from passc.schedules import legalize_passes
-
-    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
-    mod = from_onnx(proto, keep_params_in_input=False)
-    with target:
-        mod = tvm.transform.Sequential(legalize_passes())(mod)
-    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    return legalized_kernels(_export(name, tmp_path), target)
 
 
 @pytest.mark.parametrize(
