@@ -860,7 +860,10 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
             pixels = lanes * vectors
             if (height * width) % pixels or (width % pixels and pixels % width):
                 continue
-            rows = _divisor(out_channels, (spec.registers - 1 - vectors) // vectors)
+            most_rows = (spec.registers - 1 - vectors) // vectors
+            if most_rows < 1:  # no room for one row of accumulators (AVX2's 16 registers)
+                continue
+            rows = _divisor(out_channels, most_rows)
             options.append((*_per_load(rows, vectors), lanes, vectors, rows))
         if options:
             break
