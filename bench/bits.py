@@ -91,7 +91,10 @@ def main() -> None:
             logits = artifact.run({"x": x_test})["logits"]
             weights = artifact.manifest["weights"]
             held = weights["params_bytes"] + weights["constant_bytes"]
-            record = next((p for p in artifact.manifest["passes"] if p["pass"] == "assign-bits"), None)
+            record = next(
+                (p for p in artifact.manifest["functions"]["main"]["passes"] if p["pass"] == "assign-bits"),
+                None,
+            )
             objective = "" if record is None else f"{_objective(artifact):9.3g}"
             accuracy = (logits.argmax(1) == y_test).mean()
             agree = (logits.argmax(1) == reference).mean()

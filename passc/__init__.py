@@ -14,13 +14,15 @@ from typing import Any
 
 from passc.artifact import Artifact
 from passc.errors import PasscError, UsageError
-from passc.pass_base import PasscPass
+from passc.pass_base import PasscPass, RelaxPass, RelaxPassResult
 from passc.registry import register_pass
 
 __all__ = [
     "Artifact",
     "PasscError",
     "PasscPass",
+    "RelaxPass",
+    "RelaxPassResult",
     "UsageError",
     "__version__",
     "compile",

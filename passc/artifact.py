@@ -1,15 +1,15 @@
-"""Artifacts: a directory holding model.so, manifest.json, model.onnx and, bundled, the runtime.
+"""Artifacts: a directory holding the backend's files (model.so for CPUs), manifest.json,
+params.bin (runtime parameters), model.onnx (the optimised graph of each ONNX entry point) and,
+bundled, the runtime.
 
 Everything in it is a function of the inputs (no timestamps, no absolute paths), so rebuilding
-the same model gives byte-identical files. It is written whole or not at all.
+the same models gives byte-identical files. It is written whole or not at all.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,34 +17,36 @@ from typing import Any
 import numpy as np
 
 from passc.atomic import build_directory
-from passc.errors import PasscError, UsageError
+from passc.errors import UsageError
 from passc.loading import sha256_file
-from passc.lowering import HostModule
+from passc.manifest import FORMAT_VERSION, FunctionEntry, Manifest, ParamEntry, TensorEntry
 from passc.targets import Target, get_target
 
 __all__ = [
     "Artifact",
+    "ENTRY",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "OPTIMIZED_MODEL",
+    "PARAMS",
+    "optimized_model_name",
     "write_artifact",
     "write_depfile",
     "write_params",
-    "MANIFEST",
-    "LIBRARY",
-    "PARAMS",
-    "ENTRY",
-    "FORMAT_VERSION",
 ]
 
 MANIFEST = "manifest.json"
-LIBRARY = "model.so"
-PARAMS = "params.bin"  # runtime parameters (e.g. packed low-bit weights), raw, in call order
+PARAMS = "params.bin"  # runtime parameters (e.g. packed low-bit weights), raw, each distinct one once
 OPTIMIZED_MODEL = "model.onnx"
-FORMAT_VERSION = 1
-# The compiled function that `run` calls; the manifest lists signatures per function so that
-# artifacts with several entry points (a router and sub-networks, a training step) fit.
-ENTRY = "main"
+ENTRY = "main"  # the entry point a plain model compiles to, and that `run` calls by default
 
 
-def write_artifact(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
+def optimized_model_name(function: str) -> str:
+    """The optimised ONNX graph of entry point `function`: model.onnx for main, else model.NAME.onnx."""
+    return OPTIMIZED_MODEL if function == ENTRY else f"model.{function}.onnx"
+
+
+def write_artifact(out_dir: Path, fill: Callable[[Path], Manifest]) -> Path:
     """Creates the artifact directory atomically.
 
     `fill(tmp)` writes the artifact's files into `tmp` and returns the manifest (without the
@@ -56,27 +58,40 @@ def write_artifact(out_dir: Path, fill: Callable[[Path], dict[str, Any]]) -> Pat
 
     def build(tmp: Path) -> None:
         manifest = fill(tmp)
-        manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        (tmp / MANIFEST).write_text(text)
+        manifest.files.clear()
+        manifest.files.update({p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
+        (tmp / MANIFEST).write_text(manifest.text())
 
     return build_directory(out_dir, build, replace=True)
 
 
-def write_params(out_dir: Path, params: list[tuple[Any, np.ndarray]]) -> list[dict[str, Any]]:
-    """Writes runtime parameters to PARAMS back to back; returns their manifest entries.
+def write_params(
+    out_dir: Path, params: dict[str, list[tuple[Any, np.ndarray]]]
+) -> dict[str, tuple[ParamEntry, ...]]:
+    """Writes every function's runtime parameters to PARAMS; returns each function's entries.
 
-    Each entry is the tensor's name, shape, dtype, byte offset and byte count in the file.
+    Each distinct tensor (same bytes, shape and dtype) is written once, at the offset of its first
+    appearance, and every function that takes it points there.
     """
-    entries, offset = [], 0
-    if not params:
-        return entries
-    with open(out_dir / PARAMS, "wb") as f:
-        for spec, array in params:
+    offsets: dict[str, int] = {}
+    entries: dict[str, tuple[ParamEntry, ...]] = {}
+    blobs: list[bytes] = []
+    size = 0
+    for function, items in params.items():
+        listed = []
+        for spec, array in items:
             data = np.ascontiguousarray(array).tobytes()
-            f.write(data)
-            entries.append({**spec.as_dict(), "offset": offset, "nbytes": len(data)})
-            offset += len(data)
+            key = hashlib.sha256(data + repr((array.shape, array.dtype.str)).encode()).hexdigest()
+            if key not in offsets:
+                offsets[key] = size
+                blobs.append(data)
+                size += len(data)
+            listed.append(ParamEntry(spec.name, tuple(spec.shape), spec.dtype, offsets[key], len(data)))
+        entries[function] = tuple(listed)
+    if blobs:
+        with open(out_dir / PARAMS, "wb") as f:
+            for data in blobs:
+                f.write(data)
     return entries
 
 
@@ -98,122 +113,130 @@ def write_depfile(depfile: Path, output: Path, dependencies: list[Path]) -> None
 
 
 class Artifact:
-    """A compiled model on disk. Call it with inputs by name; get outputs by name."""
+    """A compiled model on disk. Call it with inputs by name; get outputs by name.
+
+    `functions` lists its entry points; `run(inputs, function=...)` calls one (`main` by default).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise UsageError(f"{self.path} is not a passc artifact (no {MANIFEST})")
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as err:
-            raise PasscError(f"{manifest_path} is corrupt: {err}") from None
-        self.target: Target = get_target(self.manifest["target"]["name"])
-        self._host_module: HostModule | None = None
-        self._params: list[np.ndarray] | None = None
+        self.info: Manifest = Manifest.read(manifest_path)
+        self.target: Target = get_target(self.info.target.name)
+        self._runner: Any = None
+        self._params: dict[str, list[np.ndarray]] = {}
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as JSON data (in the current format, whatever format the file has)."""
+        return self.info.as_json()
+
+    @property
+    def functions(self) -> dict[str, FunctionEntry]:
+        """The entry points by name: inputs, outputs and runtime parameters of each."""
+        return self.info.functions
+
+    def function(self, name: str = ENTRY) -> FunctionEntry:
+        """Entry point `name`; an unknown name is a UsageError listing the artifact's functions."""
+        if name not in self.info.functions:
+            known = ", ".join(sorted(self.info.functions))
+            raise UsageError(f"{self.path} has no function {name!r} (its functions: {known})")
+        return self.info.functions[name]
 
     @property
     def inputs(self) -> list[dict[str, Any]]:
-        """The entry point's inputs: name, shape, dtype, in call order."""
-        return self.manifest["functions"][ENTRY]["inputs"]
+        """`main`'s inputs: name, shape, dtype, in call order."""
+        return [t.as_json() for t in self.function().inputs]
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
-        """The entry point's outputs: name, shape, dtype, in return order."""
-        return self.manifest["functions"][ENTRY]["outputs"]
+        """`main`'s outputs: name, shape, dtype, in return order."""
+        return [t.as_json() for t in self.function().outputs]
 
-    def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """Reproducible random inputs of the entry point's shapes and dtypes."""
+    def pass_log(self, function: str = ENTRY) -> list[dict[str, Any]]:
+        """The ONNX passes run on `function`'s model, then the Relax passes run on the module."""
+        return [*self.function(function).passes, *self.info.relax_passes]
+
+    def random_inputs(self, seed: int = 0, function: str = ENTRY) -> dict[str, np.ndarray]:
+        """Reproducible random inputs of the function's shapes and dtypes."""
         from passc import oracle  # imports onnxruntime: only when asked
 
-        return oracle.random_inputs([(s["name"], tuple(s["shape"]), s["dtype"]) for s in self.inputs], seed)
+        specs = [(t.name, t.shape, t.dtype) for t in self.function(function).inputs]
+        return oracle.random_inputs(specs, seed)
 
     @property
     def threads(self) -> int:
         """The default number of TVM worker threads (the target's, or `--threads`)."""
-        return int(self.manifest["target"]["threads"])
+        return self.info.target.threads
 
-    def _thread_env(self) -> dict[str, str]:
-        """The environment with TVM_NUM_THREADS set to the artifact's default unless already set."""
+    def thread_env(self) -> dict[str, str]:
+        """The environment for a runner process: TVM_NUM_THREADS is the artifact's default
+        unless the environment sets it."""
         return {"TVM_NUM_THREADS": str(self.threads), **os.environ}
+
+    def params_of(self, function: str = ENTRY) -> list[np.ndarray]:
+        """The runtime parameters `function` takes after its inputs, read from PARAMS."""
+        entries = self.function(function).params
+        if entries and function not in self._params:
+            blob = np.fromfile(self.path / PARAMS, dtype=np.uint8)
+            self._params[function] = [
+                blob[e.offset : e.offset + e.nbytes].view(e.dtype).reshape(e.shape) for e in entries
+            ]
+        return self._params.get(function, [])
 
     @property
     def params(self) -> list[np.ndarray]:
-        """The runtime parameters the entry point takes after its inputs, read from PARAMS."""
-        entries = self.manifest["functions"][ENTRY].get("params", [])
-        if entries and self._params is None:
-            blob = np.fromfile(self.path / PARAMS, dtype=np.uint8)
-            self._params = [
-                blob[e["offset"] : e["offset"] + e["nbytes"]].view(e["dtype"]).reshape(e["shape"])
-                for e in entries
-            ]
-        return self._params or []
+        """`main`'s runtime parameters."""
+        return self.params_of(ENTRY)
 
     @property
     def bundled(self) -> bool:
         return (self.path / "passc-run").is_file()
 
-    def _check_inputs(self, inputs: dict[str, Any]) -> list[np.ndarray]:
-        names = [spec["name"] for spec in self.inputs]
+    def _check_inputs(self, function: str, inputs: dict[str, Any]) -> list[np.ndarray]:
+        specs = self.function(function).inputs
+        names = [spec.name for spec in specs]
         unknown = sorted(set(inputs) - set(names))
         missing = [n for n in names if n not in inputs]
         if unknown or missing:
+            what = "the model's" if function == ENTRY else f"function {function!r}'s"
             raise UsageError(
-                f"the model's inputs are {', '.join(names)}; "
+                f"{what} inputs are {', '.join(names)}; "
                 + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}")
             )
         arrays = []
-        for spec in self.inputs:
-            array = np.asarray(inputs[spec["name"]], order="C")  # a scalar stays 0-d
-            if list(array.shape) != spec["shape"] or array.dtype != np.dtype(spec["dtype"]):
+        for spec in specs:
+            array = np.asarray(inputs[spec.name], order="C")  # a scalar stays 0-d
+            if array.shape != spec.shape or array.dtype != np.dtype(spec.dtype):
                 raise UsageError(
-                    f"input {spec['name']!r} must be {spec['dtype']} of shape "
-                    f"{_shape_text(spec['shape'])}, got {array.dtype} of shape {_shape_text(array.shape)}"
+                    f"input {spec.name!r} must be {spec.dtype} of shape "
+                    f"{_shape_text(spec.shape)}, got {array.dtype} of shape {_shape_text(array.shape)}"
                 )
             arrays.append(array)
         return arrays
 
-    def run(self, inputs: dict[str, Any], *, emulate: bool = False) -> dict[str, np.ndarray]:
-        """Runs the model: in-process on the host, or through the bundled runner.
+    def run(
+        self, inputs: dict[str, Any], *, function: str = ENTRY, emulate: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Runs entry point `function`: in-process on the host, or through the bundled runner.
 
-        With `emulate`, the bundled `passc-run` runs the model, under the target's emulator if
-        its ISA differs from the host's.
+        With `emulate`, the bundled `passc-run` runs it, under the target's emulator if its ISA
+        differs from the host's.
         """
-        arrays = self._check_inputs(inputs)
-        if emulate:
-            results = self._run_bundled(arrays)
-        elif self.target.runs_on_host:
-            if self._host_module is None:
-                # TVM reads TVM_NUM_THREADS once, when the process first runs a parallel kernel.
-                os.environ.setdefault("TVM_NUM_THREADS", str(self.threads))
-                self._host_module = HostModule(self.path / LIBRARY, {ENTRY: self.params})
-            results = self._host_module(ENTRY, *arrays)
-        else:
-            raise UsageError(
-                f"{self.path} is built for {self.target.arch}; run it under emulation with "
-                "--emulate (emulate=True) or on the device with passc-run"
-            )
-        return {spec["name"]: r for spec, r in zip(self.outputs, results, strict=True)}
+        arrays = self._check_inputs(function, inputs)
+        if self._runner is None:
+            from passc.backends import backend_for
+
+            self._runner = backend_for(self.target).runner(self)
+        results = self._runner(function, arrays, emulate=emulate)
+        return {spec.name: r for spec, r in zip(self.function(function).outputs, results, strict=True)}
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
         return self.run(inputs)
 
-    def _run_bundled(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        if not self.bundled:
-            raise UsageError(f"{self.path} has no bundled runner; compile it with --bundle")
-        command = [] if self.target.runs_on_host else self.target.require_emulator()
-        with tempfile.TemporaryDirectory(prefix="passc-run-") as tmp:
-            in_files = [Path(tmp) / f"in{i}.bin" for i in range(len(arrays))]
-            out_files = [Path(tmp) / f"out{i}.bin" for i in range(len(self.outputs))]
-            for array, path in zip(arrays, in_files, strict=True):
-                array.tofile(path)
-            command += [str(self.path.resolve() / "passc-run"), str(self.path.resolve() / LIBRARY)]
-            command += [str(p) for p in in_files + out_files]
-            done = subprocess.run(command, capture_output=True, text=True, env=self._thread_env())
-            if done.returncode != 0:
-                raise PasscError(f"passc-run failed: {done.stderr.strip() or done.returncode}")
-            return [
-                np.fromfile(path, dtype=spec["dtype"]).reshape(spec["shape"])
-                for path, spec in zip(out_files, self.outputs, strict=True)
-            ]
+
+def tensor_entries(specs: list[Any]) -> tuple[TensorEntry, ...]:
+    """TensorEntries of the lowering's TensorSpecs."""
+    return tuple(TensorEntry(s.name, tuple(s.shape), s.dtype) for s in specs)

@@ -79,13 +79,43 @@ def _print_pass_log(records: list[Any]) -> None:
         )
 
 
+def _entry_points(texts: list[str]) -> dict[str, Path]:
+    """The models of `compile MODEL…`: `NAME=FILE` names an entry point, a plain FILE is `main`."""
+    from passc.artifact import ENTRY
+
+    functions: dict[str, Path] = {}
+    for text in texts:
+        name, eq, path = text.partition("=")
+        if not eq or Path(text).exists():
+            name, path = ENTRY, text
+        if not (name and path):
+            raise UsageError(f"bad model {text!r}: expected FILE.onnx or NAME=FILE.onnx")
+        if name in functions:
+            raise UsageError(f"function {name!r} is given twice")
+        functions[name] = Path(path)
+    return functions
+
+
+def _print_pass_logs(result: Any) -> None:
+    """Each entry point's ONNX pass log (headed by its name when there are several), then the
+    Relax passes'."""
+    for name, log in result.pass_logs.items():
+        if len(result.pass_logs) > 1:
+            print(f"function {name}:")
+        _print_pass_log(log)
+    if result.relax_log:
+        print("relax passes:")
+        _print_pass_log(result.relax_log)
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from passc.compiler import compile_model
 
-    model = Path(args.model)
-    output = Path(args.output) if args.output else Path("build") / f"{model.stem}.{args.target}"
+    functions = _entry_points(args.model)
+    stem = next(iter(functions.values())).stem
+    output = Path(args.output) if args.output else Path("build") / f"{stem}.{args.target}"
     result = compile_model(
-        model,
+        functions if list(functions) != ["main"] else functions["main"],
         args.target,
         output,
         input_shapes=_input_shapes(args),
@@ -94,7 +124,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         **_compile_options(args),
     )
     if not args.quiet:
-        _print_pass_log(result.pass_log)
+        _print_pass_logs(result)
     print(output)
     return 0
 
@@ -132,8 +162,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from passc.verify import verify_model
 
+    functions = _entry_points(args.model)
     report = verify_model(
-        Path(args.model),
+        functions if list(functions) != ["main"] else functions["main"],
         args.target,
         inputs=_read_inputs(args.input) or None,
         emulate=args.emulate,
@@ -148,9 +179,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else "on the host"
     )
     print(f"{args.target} artifact run {where} vs onnxruntime (tolerance: max rel err {report.tolerance:g})")
-    for e in report.errors:
-        verdict = "ok" if e.max_rel <= report.tolerance else "FAIL"
-        print(f"  {e.name}: max abs err {e.max_abs:.3g}, max rel err {e.max_rel:.3g}  {verdict}")
+    for function, errors in report.functions.items():
+        if len(report.functions) > 1 or function != "main":
+            print(f"function {function}:")
+        for e in errors:
+            verdict = "ok" if e.max_rel <= report.tolerance else "FAIL"
+            print(f"  {e.name}: max abs err {e.max_abs:.3g}, max rel err {e.max_rel:.3g}  {verdict}")
+    for function in report.unchecked:
+        print(f"function {function}: not checked (a Relax pass added it; it has no ONNX model to run)")
     print("verified" if report.passed else "NOT verified: outside tolerance")
     return 0 if report.passed else 1
 
@@ -202,11 +238,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from passc.artifact import Artifact
 
     artifact = Artifact(args.artifact)
+    artifact.function(args.function)  # an unknown name fails before any work
     inputs = _read_inputs(args.input)
     if not inputs:
         _say(args)("no --input given: running on random inputs")
-        inputs = artifact.random_inputs()
-    outputs = artifact.run(inputs, emulate=args.emulate)
+        inputs = artifact.random_inputs(function=args.function)
+    outputs = artifact.run(inputs, function=args.function, emulate=args.emulate)
     if args.output:
         out_dir = Path(args.output)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +327,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
             tolerance = "tolerance measured per run"
         else:
             tolerance = "exact" if cls.tolerance == 0 else f"tolerance {cls.tolerance:g}"
-        print(f"{name}  ({tolerance})  {cls.summary()}")
+        print(f"{name}  ({cls.stage} pass, {tolerance})  {cls.summary()}")
         for option, type_name, default, help_text in describe_options(cls):
             print(f"    {name}.{option}: {type_name} = {default}  {help_text}".rstrip())
     return 0
@@ -392,8 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[global_flags(False)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    models_help = "the .onnx file (entry point main), or NAME=FILE.onnx for each entry point"
     p = sub.add_parser("compile", parents=[common, build], help="compile a model into an artifact")
-    p.add_argument("model", help="the .onnx file")
+    p.add_argument("model", nargs="+", metavar="MODEL", help=models_help)
     p.add_argument(
         "--bundle",
         action="store_true",
@@ -405,7 +443,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "verify", parents=[common, build, inputs], help="compile, run and compare with onnxruntime"
     )
-    p.add_argument("model", help="the .onnx file")
+    p.add_argument("model", nargs="+", metavar="MODEL", help=models_help)
     p.add_argument("--emulate", action="store_true", help="run a non-host target under its emulator")
     p.add_argument(
         "--tolerance",
@@ -457,6 +495,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common, inputs], help="run an artifact")
     p.add_argument("artifact", help="artifact directory written by `passc compile`")
+    p.add_argument("--function", default="main", help="the entry point to run (default main)")
     p.add_argument("-o", "--output", help="write each output to DIR/NAME.npy")
     p.add_argument(
         "--emulate",

@@ -1,13 +1,13 @@
-"""`passc.compile`: load → bind shapes → pass pipeline → lower with TVM → write the artifact."""
+"""`passc.compile`: load → bind shapes → ONNX passes (per entry point) → import into one Relax
+module → Relax passes → the target's backend → write the artifact."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,42 +16,88 @@ import onnx_ir as ir
 from passc import __version__
 from passc.artifact import (
     ENTRY,
-    FORMAT_VERSION,
-    LIBRARY,
-    OPTIMIZED_MODEL,
     Artifact,
+    optimized_model_name,
+    tensor_entries,
     write_artifact,
     write_depfile,
     write_params,
 )
-from passc.bundle import bundle_files, cache_dir
+from passc.bundle import cache_dir
 from passc.errors import UsageError
 from passc.loading import LoadedModel, bind_input_shapes, load_model, require_static_shapes
-from passc.lowering import lower, resolve_target, tvm_versions
-from passc.pipeline import PassRecord, build_pipeline, run_pipeline
+from passc.manifest import FunctionEntry, Manifest, TargetEntry
+from passc.pipeline import PassRecord, PassSpec, build_pipeline, relax_specs, run_pipeline
 from passc.registry import load_plugin
 from passc.targets import Target, get_target
 
-__all__ = ["CompileResult", "Prepared", "compile_model", "prepare_model", "records_dir"]
+__all__ = [
+    "CompileResult",
+    "Prepared",
+    "compile_model",
+    "entry_points",
+    "function_input_shapes",
+    "prepare_model",
+    "records_dir",
+]
+
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
 class CompileResult:
     artifact: Artifact
-    pass_log: list[PassRecord]  # with wall times, which the manifest leaves out
+    pass_log: list[PassRecord]  # main's ONNX passes then the Relax passes, with wall times
+    pass_logs: dict[str, list[PassRecord]] = field(default_factory=dict)  # per entry point
+    relax_log: list[PassRecord] = field(default_factory=list)
 
 
 def _plugin_dependencies(plugins: list[str]) -> list[Path]:
     return [Path(p) for p in plugins if p.endswith(".py")]
 
 
+def entry_points(model: Any) -> dict[str, Any]:
+    """`model` as {function name: model}: a dict is checked, anything else is `main`."""
+    models = dict(model) if isinstance(model, dict) else {ENTRY: model}
+    if not models:
+        raise UsageError("no model to compile")
+    for name in models:
+        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+            raise UsageError(
+                f"bad function name {name!r}: use letters, digits and _, not starting with a digit"
+            )
+    return models
+
+
+def function_input_shapes(
+    name: str, input_shapes: dict[str, Any] | None, functions: dict[str, Any]
+) -> dict[str, tuple[int, ...]]:
+    """The input shapes for entry point `name`: `input_shapes` maps input names to shapes for every
+    function, or function names to such maps."""
+    if not input_shapes:
+        return {}
+    nested = {k: v for k, v in input_shapes.items() if isinstance(v, dict)}
+    if not nested:
+        return dict(input_shapes)
+    unknown = sorted(set(nested) - set(functions))
+    if unknown or len(nested) != len(input_shapes):
+        raise UsageError(
+            "input_shapes must map input names to shapes, or function names "
+            f"({', '.join(functions)}) to such maps"
+        )
+    return dict(nested.get(name, {}))
+
+
 @dataclass
 class Prepared:
-    """A model loaded, shape-bound and run through the pass pipeline: what lowering starts from."""
+    """A model loaded, shape-bound and run through the ONNX passes: what lowering starts from.
+
+    `relax_passes` are the pipeline's Relax-level passes, run after import."""
 
     loaded: LoadedModel
     pass_log: list[PassRecord]
     pipeline_file: Path | None
+    relax_passes: list[PassSpec] = field(default_factory=list)
 
 
 def prepare_model(
@@ -67,7 +113,7 @@ def prepare_model(
     verify_each: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Prepared:
-    """Loads `model`, binds its input shapes and runs the target's pass pipeline (as `passc
+    """Loads `model`, binds its input shapes and runs the target's ONNX passes (as `passc
     compile` and `passc tune` both must, so tuning records match the compiled kernels)."""
     for plugin in plugins or []:
         load_plugin(plugin)
@@ -79,11 +125,13 @@ def prepare_model(
         bind_input_shapes(loaded.model, input_shapes)
     require_static_shapes(loaded.model)
     pass_log = run_pipeline(loaded.model, specs, verify_each=verify_each, progress=progress)
-    return Prepared(loaded, pass_log, pipeline_path)
+    return Prepared(loaded, pass_log, pipeline_path, relax_specs(specs))
 
 
 def records_dir(target: Target) -> Path:
     """The target's tuning-records database in passc's cache: one per target and CPU."""
+    from passc.lowering import resolve_target
+
     tvm_target = resolve_target(target.tvm)
     cpu = re.sub(r"[^A-Za-z0-9_.-]", "_", str(tvm_target.get("mcpu", "generic")))
     digest = hashlib.sha256(json.dumps(tvm_target, sort_keys=True).encode()).hexdigest()[:10]
@@ -106,7 +154,7 @@ def compile_model(
     target: str | Target,
     output: str | Path,
     *,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    input_shapes: dict[str, Any] | None = None,
     example_inputs: tuple[Any, ...] | None = None,
     passes: list[str] | None = None,
     pass_options: list[str] | dict[str, dict[str, Any]] | None = None,
@@ -119,76 +167,99 @@ def compile_model(
     records: list[str | Path] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CompileResult:
-    """Compiles `model` (an .onnx path, ONNX/onnx_ir model or torch module) into an artifact dir.
+    """Compiles `model` into an artifact directory.
 
-    Every name, option and shape is checked before the slow work starts; on any failure the
-    output directory is left as it was. Kernels with tuning records (from `passc tune`) in the
-    target's cache, or in the `records` directories if given (`[]`: none), use the fastest record.
+    `model` is an .onnx path, an ONNX/onnx_ir model or a torch module, compiled as the entry point
+    `main`, or a dict {function name: such a model}, one entry point each, in one artifact whose
+    functions share equal weights. `input_shapes` maps input names to shapes (for every function)
+    or function names to such maps. Every name, option and shape is checked before the slow work
+    starts; on any failure the output directory is left as it was. Kernels with tuning records
+    (from `passc tune`) in the target's cache, or in the `records` directories if given (`[]`:
+    none), use the fastest record.
     """
+    from passc.lowering import resolve_target, tvm_versions
+
     output = Path(output)
     target = target if isinstance(target, Target) else get_target(target)
+    functions = entry_points(model)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    if example_inputs is not None and len(functions) > 1:
+        raise UsageError("example_inputs is for one torch module; export each function's model first")
     record_dirs = _record_dirs(target, records)
     target.require_cxx()
-    prepared = prepare_model(
-        model,
+    prepared: dict[str, Prepared] = {}
+    for name, source in functions.items():
+        if len(functions) > 1:
+            progress(f"function {name}")
+        prepared[name] = prepare_model(
+            source,
+            target,
+            input_shapes=function_input_shapes(name, input_shapes, functions),
+            example_inputs=example_inputs,
+            passes=passes,
+            pass_options=pass_options,
+            pipeline_file=pipeline_file,
+            plugins=plugins,
+            verify_each=verify_each,
+            progress=progress,
+        )
+    first = next(iter(prepared.values()))
+    progress(f"lowering with TVM for {target.name} ({target.description})")
+    from passc.backends import backend_for
+    from passc.lowering import lower
+
+    backend = backend_for(target)
+    lowered = lower(
+        {name: p.loaded.model for name, p in prepared.items()},
         target,
-        input_shapes=input_shapes,
-        example_inputs=example_inputs,
-        passes=passes,
-        pass_options=pass_options,
-        pipeline_file=pipeline_file,
-        plugins=plugins,
-        verify_each=verify_each,
+        record_dirs,
+        relax_passes=first.relax_passes,
         progress=progress,
     )
-    loaded, records, pipeline_path = prepared.loaded, prepared.pass_log, prepared.pipeline_file
-    progress(f"lowering with TVM for {target.name} ({target.description})")
-    lowered = lower(loaded.model, target.tvm, record_dirs)
     if lowered.tuned_kernels:
         progress(f"{lowered.tuned_kernels} of {lowered.kernels} kernels scheduled from tuning records")
+    relax_log = lowered.relax_log
 
-    def fill(tmp: Path) -> dict[str, Any]:
-        progress(f"linking {LIBRARY} with {target.cxx}")
-        lowered.export(tmp / LIBRARY, target.cxx)
-        params = write_params(tmp, lowered.params)
-        ir.save(loaded.model, tmp / OPTIMIZED_MODEL)
+    def fill(tmp: Path) -> Manifest:
+        progress(f"writing the {backend.name} backend's files")
+        lowered.write(tmp, target)
+        params = write_params(tmp, {name: f.params for name, f in lowered.functions.items()})
+        for name, p in prepared.items():
+            ir.save(p.loaded.model, tmp / optimized_model_name(name))
         if bundle:
-            progress(f"bundling passc-run and the TVM runtime for {target.wheel_platform}")
-            for name, source in bundle_files(target).items():
-                shutil.copyfile(source, tmp / name)
-                shutil.copymode(source, tmp / name)
-        return {
-            "format": FORMAT_VERSION,
-            "passc": __version__,
-            "tvm": tvm_versions(),
-            "target": {
-                "name": target.name,
-                "arch": target.arch,
-                "tvm": resolve_target(target.tvm),
-                "threads": threads or target.threads,  # the runners' default TVM_NUM_THREADS
-            },
-            "source_sha256": loaded.sha256,
-            "functions": {
-                ENTRY: {
-                    "inputs": [s.as_dict() for s in lowered.inputs],
-                    "outputs": [s.as_dict() for s in lowered.outputs],
-                    **({"params": params} if params else {}),
-                }
-            },
-            "kernels": lowered.kernels,
-            "tuned_kernels": lowered.tuned_kernels,
-            "weights": {
-                "params_bytes": sum(p["nbytes"] for p in params),
-                "constant_bytes": lowered.constant_bytes,
-            },
-            "passes": [r.as_manifest() for r in records],
-        }
+            progress(f"bundling the runtime for {target.wheel_platform}")
+            backend.bundle(tmp, target)
+        entries = {}
+        for name, signature in lowered.functions.items():
+            source = prepared.get(name)
+            entries[name] = FunctionEntry(
+                tensor_entries(signature.inputs),
+                tensor_entries(signature.outputs),
+                params.get(name, ()),
+                source.loaded.sha256 if source else None,
+                tuple(r.as_manifest() for r in source.pass_log) if source else (),
+            )
+        return Manifest(
+            passc=__version__,
+            tvm=tvm_versions(),
+            target=TargetEntry(
+                target.name, target.arch, resolve_target(target.tvm), threads or target.threads
+            ),
+            functions=entries,
+            kernels=lowered.kernels,
+            tuned_kernels=lowered.tuned_kernels,
+            params_bytes=(tmp / "params.bin").stat().st_size if (tmp / "params.bin").exists() else 0,
+            constant_bytes=lowered.constant_bytes,
+            relax_passes=tuple(r.as_manifest() for r in relax_log),
+        )
 
     write_artifact(output, fill)
     if depfile is not None:
-        deps = loaded.dependencies + ([pipeline_path] if pipeline_path else [])
+        deps = [d for p in prepared.values() for d in p.loaded.dependencies]
+        deps += [first.pipeline_file] if first.pipeline_file else []
         write_depfile(Path(depfile), output, deps + _plugin_dependencies(list(plugins or [])))
     progress(f"wrote {output}")
-    return CompileResult(Artifact(output), records)
+    logs = {name: p.pass_log for name, p in prepared.items()}
+    main_log = logs.get(ENTRY, next(iter(logs.values())))
+    return CompileResult(Artifact(output), [*main_log, *relax_log], logs, relax_log)

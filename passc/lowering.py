@@ -1,25 +1,22 @@
-"""Lowering to Apache TVM: passc's TVM layer.
+"""Lowering to Apache TVM: passc's TVM layer, independent of the target kind.
 
-onnx_ir model → ONNX proto → Relax (`relax.frontend.onnx.from_onnx`) → the target's Relax pipeline
-(TVM's `cpu_generic` phases: dispatch, legalize, schedules, dataflow lowering, finalize) →
-`tvm.compile` → a shared library exported with the target's C++ toolchain. Running a host
-artifact through TVM's Python runtime lives here too. Only this module and the two packages it
-drives import TVM: `passc.schedules` (default schedules) and `passc.tuning` (MetaSchedule), so a
-TVM upgrade is this layer's work.
+    ONNX models (one per entry point) → Relax (`relax.frontend.onnx.from_onnx`), one IRModule
+    → Relax-level passes (`passc.relax_stage`) → the target's backend (`passc.backends`):
+      legalize, schedule, lower → an executable the backend writes into the artifact.
+
+Only the TVM layer imports TVM: this module, `passc.relax_stage`, `passc.backends`, `passc.runtime`,
+`passc.schedules` and `passc.metaschedule`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
-import os
-import tempfile
-import threading
-import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +27,29 @@ from passc.errors import PasscError
 from passc.pass_base import RUNTIME_PARAMS_KEY
 
 __all__ = [
-    "TensorSpec",
+    "ENTRY",
     "Imported",
     "Lowered",
-    "import_model",
-    "kernel_times",
+    "Signature",
+    "TensorSpec",
+    "import_models",
     "legalized_kernels",
     "lower",
-    "measure_latency",
     "resolve_target",
+    "tvm_errors",
     "tvm_versions",
-    "HostModule",
     "unsupported_nodes",
 ]
+
+# The function a plain model compiles to, and the one `Artifact.run` calls by default.
+ENTRY = "main"
+# A Relax function attribute: the output names of a function a Relax pass adds (default output_<i>).
+OUTPUT_NAMES_ATTR = "passc.output_names"
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named tensor of the compiled function's signature."""
+    """A named tensor of a compiled function's signature."""
 
     name: str
     shape: tuple[int, ...]
@@ -55,6 +57,15 @@ class TensorSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class Signature:
+    """An entry point: its inputs, outputs and runtime parameters (passed after the inputs)."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    params: list[tuple[TensorSpec, np.ndarray]] = field(default_factory=list)
 
 
 def tvm_versions() -> dict[str, str]:
@@ -73,109 +84,6 @@ def unsupported_nodes(model: ir.Model) -> list[ir.Node]:
     return [n for n in model.graph if n.domain not in ("", "ai.onnx") or n.op_type not in known]
 
 
-SCHEDULES_ENV = "PASSC_SCHEDULES"
-
-
-def _schedules_enabled() -> bool:
-    """PASSC_SCHEDULES=0 leaves TVM's naive loops (no default schedules, no tuning records)."""
-    return os.environ.get(SCHEDULES_ENV, "1") != "0"
-
-
-def _legalize(mod: Any, target: Any) -> Any:
-    """The Relax phases up to the fused, legalized PrimFuncs (TVM's `cpu_generic` dispatch and
-    legalize). Tuning extracts its tasks here, so records match what compile schedules."""
-    import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-
-    with target:
-        if _schedules_enabled():
-            from passc.schedules import legalize_passes
-
-            legalize = legalize_passes()  # packed convs and vector exp/erf, for passc's rules
-        else:
-            legalize = cpu_generic.legalize_passes(target)
-        phases = cpu_generic.library_dispatch_passes(target) + legalize
-        return tvm.transform.Sequential(phases)(mod)
-
-
-def _schedule_and_finalize(mod: Any, target: Any, records: list[Path]) -> tuple[Any, int]:
-    """Schedules every kernel, then runs the rest of the Relax pipeline; returns the module and
-    how many kernels took a schedule from the tuning records in `records`.
-
-    Kernels with a matching tuning record get its best schedule (`MetaScheduleApplyDatabase`);
-    every other kernel gets passc's default schedule (`passc.schedules`).
-    """
-    import tvm
-    from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-
-    tuned = 0
-    with target:
-        if _schedules_enabled():
-            from passc.metaschedule import open_records
-            from passc.schedules import schedule_passes
-
-            database = open_records(records)
-            if database is not None:
-                with database:
-                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-                tuned = sum(1 for _, f in mod.functions.items() if _is_scheduled(f))
-            mod = tvm.transform.Sequential(schedule_passes(target))(mod)
-        phases = cpu_generic.dataflow_lower_passes(target) + cpu_generic.finalize_passes(target)
-        return tvm.transform.Sequential(phases)(mod), tuned
-
-
-def _is_scheduled(func: Any) -> bool:
-    import tvm
-
-    return isinstance(func, tvm.tirx.PrimFunc) and bool(func.attrs and func.attrs.get("tirx.is_scheduled"))
-
-
-def _signature_of(func: Any, output_names: list[str]) -> list[TensorSpec]:
-    from tvm import relax
-
-    info = func.ret_ty
-    fields = list(info.fields) if isinstance(info, relax.TupleType) else [info]
-    if len(fields) != len(output_names):
-        raise PasscError(
-            f"TVM's function returns {len(fields)} values, the model has {len(output_names)} outputs"
-        )
-    specs = []
-    for name, field in zip(output_names, fields, strict=True):
-        if not isinstance(field, relax.TensorType) or field.shape is None:
-            raise PasscError(f"output {name!r} is not a plain tensor after lowering")
-        try:
-            shape = tuple(int(d) for d in field.shape.values)
-        except TypeError:
-            raise PasscError(
-                f"output {name!r} has a data-dependent shape ({field.shape}); passc needs static shapes"
-            ) from None
-        specs.append(TensorSpec(name, shape, str(field.dtype)))
-    return specs
-
-
-@dataclass
-class Lowered:
-    """A compiled model ready to export, with its input/output signature."""
-
-    executable: Any
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    kernels: int  # TIR functions (fused kernels) in the compiled module
-    tuned_kernels: int  # of those, how many took their schedule from tuning records
-    params: list[tuple[TensorSpec, np.ndarray]]  # runtime parameters, passed after the inputs
-    constant_bytes: int  # bytes of the initializers handed to TVM as constants (into model.so)
-
-    def export(self, path: Path, cxx: str) -> None:
-        """Writes the shared library, linked by the C++ compiler `cxx` (a cross compiler or g++)."""
-        from tvm.support import cc
-
-        try:
-            self.executable.export_library(str(path), fcompile=cc.cross_compiler(cxx))
-        except Exception as err:
-            raise PasscError(f"linking model.so with {cxx} failed: {err}") from None
-
-
 def resolve_target(tvm_target: dict[str, Any]) -> dict[str, Any]:
     """The target dict with `"mcpu": "native"` replaced by this machine's CPU (LLVM's name for it)."""
     if tvm_target.get("mcpu") != "native":
@@ -185,21 +93,32 @@ def resolve_target(tvm_target: dict[str, Any]) -> dict[str, Any]:
     return {**tvm_target, "mcpu": codegen.llvm_get_system_cpu()}
 
 
+@contextlib.contextmanager
+def tvm_errors() -> Iterator[None]:
+    """Turns what TVM raises (builtin exception types) into a PasscError with its first line."""
+    try:
+        yield
+    except PasscError:
+        raise
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PasscError(f"TVM failed to compile the model: {first_line}") from err
+
+
 @dataclass
 class Imported:
-    """A model imported into Relax, before any TVM pass, with its signature."""
+    """Models imported into one Relax module (one public function each), before any TVM pass."""
 
     mod: Any  # tvm.IRModule
     target: Any  # tvm.target.Target
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    params: list[tuple[TensorSpec, np.ndarray]]
-    constant_bytes: int
+    functions: dict[str, Signature]
+    constant_bytes: int  # bytes of the distinct constants (weights) in the module
+    relax_log: list[Any] = field(default_factory=list)  # PassRecords of the Relax passes
 
 
-def import_model(model: ir.Model, tvm_target: dict[str, Any]) -> Imported:
-    """Imports the (shape-static) model into Relax for the TVM target dict."""
-    import tvm
+def _import_one(model: ir.Model) -> tuple[Any, Signature]:
+    """One model as a Relax module (its `main` and any kernels the importer wrote), with its
+    signature."""
     from tvm.relax.frontend.onnx import from_onnx
 
     bad = unsupported_nodes(model)
@@ -210,62 +129,244 @@ def import_model(model: ir.Model, tvm_target: dict[str, Any]) -> Imported:
     inputs = [TensorSpec(v.name, tuple(v.shape), v.dtype.numpy().name) for v in model.graph.inputs]
     proto = ir.to_proto(model)
     params = _runtime_params_as_inputs(proto, json.loads(model.metadata_props.get(RUNTIME_PARAMS_KEY, "[]")))
-    constant_bytes = sum(ir.from_proto(t).nbytes for t in proto.graph.initializer)
     signature = inputs + [spec for spec, _ in params]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # from_onnx re-raises onnx.checker complaints as warnings
+        mod = from_onnx(
+            proto,
+            shape_dict={s.name: list(s.shape) for s in signature},
+            dtype_dict={s.name: s.dtype for s in signature},
+            keep_params_in_input=False,
+        )
+    outputs = _outputs_of(mod["main"], [v.name for v in model.graph.outputs])
+    return mod, Signature(inputs, outputs, params)
+
+
+def _add_module(builder: Any, mod: Any, name: str) -> None:
+    """Adds an imported module to `builder`: its `main` as the public function `name`, its other
+    functions (kernels the importer wrote) under their names, or new ones where another model's
+    function of that name differs, with main's references moved to the added functions."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rename(relax.PyExprMutator):
+        def __init__(self, moved: dict[str, Any]) -> None:
+            super().__init__()
+            self.moved = moved
+
+        def visit_global_var_(self, op: Any) -> Any:
+            return self.moved.get(op.name_hint, op)
+
+    moved = {}
+    for gv, func in mod.functions_items():
+        if gv.name_hint != "main":
+            moved[gv.name_hint] = builder.add_func(func, gv.name_hint)
+    main = Rename(moved).visit_expr(mod["main"]) if moved else mod["main"]
+    builder.add_func(main.with_attr("global_symbol", name), name)
+
+
+def import_models(models: dict[str, ir.Model], tvm_target: dict[str, Any]) -> Imported:
+    """Imports each (shape-static) model as the public Relax function of its name, in one module."""
+    import tvm
+    from tvm import relax
+
     target = tvm.target.Target(resolve_target(tvm_target))
-    with _tvm_errors():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # from_onnx re-raises onnx.checker complaints as warnings
-            mod = from_onnx(
-                proto,
-                shape_dict={s.name: list(s.shape) for s in signature},
-                dtype_dict={s.name: s.dtype for s in signature},
-                keep_params_in_input=False,
-            )
-        outputs = _signature_of(mod["main"], [v.name for v in model.graph.outputs])
-    return Imported(mod, target, inputs, outputs, params, constant_bytes)
+    builder = relax.BlockBuilder()  # its GlobalVars carry their function's type, for calls
+    functions = {}
+    with tvm_errors():
+        for name, model in models.items():
+            mod, functions[name] = _import_one(model)
+            _add_module(builder, mod, name)
+    mod = builder.get()
+    return Imported(mod, target, functions, distinct_constant_bytes(mod))
 
 
-def legalized_kernels(model: ir.Model, tvm_target: dict[str, Any]) -> tuple[Any, Any]:
-    """The model's Relax module after legalization and fusion, and its TVM target: what tuning
-    extracts its tasks from."""
-    imported = import_model(model, tvm_target)
-    with _tvm_errors():
-        return _legalize(imported.mod, imported.target), imported.target
-
-
-def lower(model: ir.Model, tvm_target: dict[str, Any], records: list[Path] | None = None) -> Lowered:
-    """Compiles the (shape-static) model for the TVM target dict, applying the tuning records in
-    the database directories `records` where they match a kernel."""
+def constant_array(expr: Any) -> np.ndarray | None:
+    """The value of a Relax tensor constant (a weight), else None."""
     import tvm
 
-    imported = import_model(model, tvm_target)
-    with _tvm_errors():
-        mod = _legalize(imported.mod, imported.target)
-        mod, tuned = _schedule_and_finalize(mod, imported.target, list(records or []))
-        kernels = sum(1 for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
-        executable = tvm.compile(mod, target=imported.target, relax_pipeline=None)
-    return Lowered(
-        executable,
-        imported.inputs,
-        imported.outputs,
-        kernels,
-        tuned,
-        imported.params,
-        imported.constant_bytes,
-    )
+    if isinstance(expr, tvm.ir.expr.Constant) and isinstance(expr.value, tvm.runtime.Tensor):
+        return expr.value.numpy()
+    return None
 
 
-@contextlib.contextmanager
-def _tvm_errors() -> Iterator[None]:
-    """Turns what TVM raises (builtin exception types) into a PasscError with its first line."""
+def distinct_constants(mod: Any) -> dict[str, np.ndarray]:
+    """The module's tensor constants, each distinct tensor (by content, shape and dtype) once."""
+    from tvm import relax
+
+    seen: dict[str, np.ndarray] = {}
+
+    def visit(expr: Any) -> None:
+        array = constant_array(expr)
+        if array is not None:
+            key = hashlib.sha256(array.tobytes() + str((array.shape, array.dtype)).encode()).hexdigest()
+            seen[key] = array
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return seen
+
+
+def distinct_constant_bytes(mod: Any) -> int:
+    """Bytes of the module's distinct tensor constants: what the VM's constant pool, which merges
+    equal constants, stores."""
+    return sum(array.nbytes for array in distinct_constants(mod).values())
+
+
+def _outputs_of(func: Any, output_names: list[str]) -> list[TensorSpec]:
+    from tvm import relax
+
+    info = func.ret_ty
+    fields = list(info.fields) if isinstance(info, relax.TupleType) else [info]
+    if len(fields) != len(output_names):
+        raise PasscError(
+            f"TVM's function returns {len(fields)} values, the model has {len(output_names)} outputs"
+        )
+    return [_tensor_spec(name, field, "output") for name, field in zip(output_names, fields, strict=True)]
+
+
+def _tensor_spec(name: str, info: Any, what: str) -> TensorSpec:
+    from tvm import relax
+
+    if not isinstance(info, relax.TensorType) or info.shape is None:
+        raise PasscError(f"{what} {name!r} is not a plain tensor after lowering")
     try:
-        yield
-    except PasscError:
-        raise
-    except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PasscError(f"TVM failed to compile the model: {first_line}") from err
+        shape = tuple(int(d) for d in info.shape.values)
+    except (TypeError, AttributeError):
+        raise PasscError(
+            f"{what} {name!r} has a data-dependent shape ({info.shape}); passc needs static shapes"
+        ) from None
+    return TensorSpec(name, shape, str(info.dtype))
+
+
+def public_functions(mod: Any) -> dict[str, Any]:
+    """The module's Relax functions callable from outside (those with a `global_symbol`), by name."""
+    from tvm import relax
+
+    return {
+        str(func.attrs["global_symbol"]): func
+        for _, func in mod.functions.items()
+        if isinstance(func, relax.Function) and func.attrs is not None and "global_symbol" in func.attrs
+    }
+
+
+def signatures_after_passes(imported: Imported) -> dict[str, Signature]:
+    """The entry points once Relax passes have run: the imported ones, whose parameters must be
+    unchanged, and each public function a pass added (all its parameters are inputs; its outputs
+    are named by its `passc.output_names` attribute, else output_0, output_1, …)."""
+    from tvm import relax
+
+    functions = public_functions(imported.mod)
+    missing = sorted(set(imported.functions) - set(functions))
+    if missing:
+        raise PasscError(f"a Relax pass removed the entry point {missing[0]!r}")
+    signatures = {}
+    for name, func in sorted(functions.items()):
+        known = imported.functions.get(name)
+        params = [_tensor_spec(p.name, p.ty, "parameter") for p in func.params]
+        if known is not None:
+            expected = known.inputs + [spec for spec, _ in known.params]
+            if [(s.shape, s.dtype) for s in params] != [(s.shape, s.dtype) for s in expected]:
+                raise PasscError(f"a Relax pass changed the parameters of entry point {name!r}")
+            known.outputs = _outputs_of(func, [s.name for s in known.outputs])
+            signatures[name] = known
+            continue
+        info = func.ret_ty
+        count = len(info.fields) if isinstance(info, relax.TupleType) else 1
+        names = [str(n) for n in func.attrs[OUTPUT_NAMES_ATTR]] if OUTPUT_NAMES_ATTR in func.attrs else []
+        names = names or [f"output_{i}" for i in range(count)]
+        signatures[name] = Signature(params, _outputs_of(func, names))
+    return signatures
+
+
+@dataclass
+class Lowered:
+    """A compiled module ready for its backend to write, with every entry point's signature."""
+
+    executable: Any
+    functions: dict[str, Signature]
+    kernels: int  # TIR functions (fused kernels) in the compiled module
+    tuned_kernels: int  # of those, how many took their schedule from tuning records
+    constant_bytes: int  # bytes of the distinct weights compiled into the module
+    backend: Any
+    relax_log: list[Any] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.functions[ENTRY].inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.functions[ENTRY].outputs
+
+    @property
+    def params(self) -> list[tuple[TensorSpec, np.ndarray]]:
+        return self.functions[ENTRY].params
+
+    def write(self, out_dir: Path, target: Any) -> list[str]:
+        """Writes the compiled module into the artifact directory `out_dir` (its backend's files)."""
+        return self.backend.write(self.executable, out_dir, target)
+
+
+def import_and_transform(
+    models: dict[str, ir.Model] | ir.Model,
+    target: Any,
+    relax_passes: list[Any] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Imported:
+    """Imports the models and runs the Relax-level passes `relax_passes` (PassSpecs) on the module."""
+    from passc.backends import backend_for
+    from passc.relax_stage import run_relax_passes
+
+    models = models if isinstance(models, dict) else {ENTRY: models}
+    backend = backend_for(target)
+    imported = import_models(models, backend.tvm_target(target))
+    if relax_passes:
+        imported.mod, imported.relax_log = run_relax_passes(imported.mod, relax_passes, progress=progress)
+        with tvm_errors():
+            imported.functions = signatures_after_passes(imported)
+        imported.constant_bytes = distinct_constant_bytes(imported.mod)
+    return imported
+
+
+def legalized_kernels(
+    models: dict[str, ir.Model] | ir.Model, target: Any, relax_passes: list[Any] | None = None
+) -> tuple[Any, Any]:
+    """The Relax module after the backend's legalization and fusion, and its TVM target: what
+    tuning extracts its tasks from. `target` is a `Target` or a TVM target dict."""
+    from passc.backends import backend_for
+
+    imported = import_and_transform(models, target, relax_passes)
+    with tvm_errors():
+        return backend_for(target).legalize(imported.mod, imported.target), imported.target
+
+
+def lower(
+    models: dict[str, ir.Model] | ir.Model,
+    target: Any,
+    records: list[Path] | None = None,
+    relax_passes: list[Any] | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Lowered:
+    """Compiles the (shape-static) models, one entry point each (a plain model is `main`), for
+    `target` (a `Target`, or a TVM target dict for the CPU backend), applying the tuning records in
+    the database directories `records` where they match a kernel."""
+    from passc.backends import backend_for
+
+    backend = backend_for(target)
+    imported = import_and_transform(models, target, relax_passes, progress)
+    with tvm_errors():
+        built = backend.build(imported.mod, imported.target, list(records or []))
+    return Lowered(
+        built.executable,
+        imported.functions,
+        built.kernels,
+        built.tuned_kernels,
+        imported.constant_bytes,
+        backend,
+        imported.relax_log,
+    )
 
 
 def _runtime_params_as_inputs(proto: Any, names: list[str]) -> list[tuple[TensorSpec, np.ndarray]]:
@@ -285,171 +386,3 @@ def _runtime_params_as_inputs(proto: Any, names: list[str]) -> list[tuple[Tensor
         proto.graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, array.shape))
         params.append((TensorSpec(name, array.shape, array.dtype.name), array))
     return params
-
-
-class HostModule:
-    """A model.so for this machine, loaded through TVM's runtime; call its functions with numpy.
-
-    `params` maps a function to the runtime parameters it takes after its inputs. They are copied
-    into TVM tensors once, here, not on every call (ResNet-18's 47 MB of weights cost ~4 ms a copy).
-
-    An input that is 64-byte aligned (what TVM's kernels assume) and writable (DLPack has no
-    read-only flag; the kernels only read it) is passed without a copy; any
-    other is copied into a buffer kept for that input, allocated on the first call. A new TVM
-    tensor per call costs its allocation, the page faults of fresh memory and the copy: 35-70 µs
-    for a 224² image, 2% of MobileNetV3's run. Outputs are copied into new numpy arrays. Calls
-    are serialised (the buffers and TVM's VM are shared between them).
-    """
-
-    def __init__(self, path: Path, params: dict[str, list[np.ndarray]] | None = None) -> None:
-        import tvm
-        from tvm import relax
-
-        self._tvm = tvm
-        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
-        self._params = {
-            function: [tvm.runtime.tensor(np.asarray(a, order="C")) for a in arrays]
-            for function, arrays in (params or {}).items()
-        }
-        self._buffers: dict[tuple[str, int], tuple[np.ndarray, Any]] = {}
-        self._lock = threading.Lock()
-
-    def _tensor(self, function: str, index: int, array: np.ndarray) -> Any:
-        """The TVM tensor to pass as input `index` of `function`: `array` itself when aligned."""
-        array = np.asarray(array, order="C")  # C-contiguous; a scalar stays 0-d
-        if array.ctypes.data % ALIGNMENT == 0 and array.flags.writeable:  # DLPack exports no read-only
-            return self._tvm.runtime.from_dlpack(array)
-        buffer, tensor = self._buffers.get((function, index), (None, None))
-        if buffer is None or buffer.shape != array.shape or buffer.dtype != array.dtype:
-            buffer = aligned_empty(array.shape, array.dtype)
-            tensor = self._tvm.runtime.from_dlpack(buffer)
-            self._buffers[function, index] = buffer, tensor
-        np.copyto(buffer, array)
-        return tensor
-
-    def __call__(self, function: str, *inputs: np.ndarray) -> list[np.ndarray]:
-        """Calls the compiled function `function` on the inputs (then its bound parameters)."""
-        with self._lock:
-            tensors = [self._tensor(function, i, x) for i, x in enumerate(inputs)]
-            result = self._vm[function](*tensors, *self._params.get(function, []))
-            results = [result] if isinstance(result, self._tvm.runtime.Tensor) else list(result)
-            return [np.from_dlpack(r).copy() for r in results]
-
-
-# The byte alignment TVM's kernels assume of every tensor they are passed.
-ALIGNMENT = 64
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on an `ALIGNMENT`-byte boundary."""
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = np.empty(size + ALIGNMENT, np.uint8)
-    offset = -raw.ctypes.data % ALIGNMENT
-    return raw[offset : offset + size].view(dtype).reshape(shape)
-
-
-def measure_latency(
-    model: ir.Model, tvm_target: dict[str, Any], cxx: str, *, rpc: str | None = None, repeat: int = 5
-) -> float:
-    """Median seconds per run of `model` compiled for the target, on this host or over TVM RPC.
-
-    `rpc` is "HOST:PORT" of a `python -m tvm.exec.rpc_server` on the device: the library is built
-    with the target's toolchain, uploaded and timed there (TVM's time_evaluator: one warm-up run,
-    then `repeat` timings of at least 20 ms each). Inputs are random; runtime parameters are the
-    model's own.
-    """
-    import tvm
-    from tvm import relax
-
-    lowered = lower(model, tvm_target)
-    rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(s.shape).astype(s.dtype) for s in lowered.inputs]
-    arrays += [array for _, array in lowered.params]
-    with tempfile.TemporaryDirectory(prefix="passc-latency-") as tmp:
-        path = Path(tmp) / "model.so"
-        lowered.export(path, cxx)
-        try:
-            if rpc is None:
-                library, device = tvm.runtime.load_module(str(path)), tvm.cpu()
-            else:
-                host, _, port = rpc.rpartition(":")
-                session = tvm.rpc.connect(host, int(port))
-                session.upload(str(path))
-                library, device = session.load_module("model.so"), session.cpu()
-            vm = relax.VirtualMachine(library, device)
-            vm.set_input("main", *[tvm.runtime.tensor(a, device=device) for a in arrays])
-            timer = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat, min_repeat_ms=20)
-            return float(timer("main").median)
-        except Exception as err:  # TVM raises builtin types (ValueError, RuntimeError, OSError, …)
-            where = f"over RPC at {rpc}" if rpc else "on this host"
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise PasscError(f"timing the model {where} failed: {first_line}") from None
-
-
-def kernel_times(
-    executables: list[Any], arrays: list[np.ndarray], *, threads: int, rounds: int, pause_s: float = 0.05
-) -> list[list[dict[str, float]]]:
-    """Each kernel's seconds inside whole runs of compiled models, on this machine.
-
-    `executables` (`Lowered.executable`s of one model) take turns on the same `arrays` (inputs,
-    then runtime parameters), `rounds` times, the order alternating so that neither always runs
-    first; each run waits `pause_s` so that the previous one's spinning threads have stopped. The
-    VM's instrument hook reads the clock before and after every call, so a kernel is timed where
-    the model runs it: after the kernel before it, with the caches that one left. Returns, per
-    executable, one dict per round: kernel symbol -> seconds, summed over its calls in the run.
-    TVM's thread pool runs `threads` threads meanwhile and is set back afterwards.
-
-    TVM sizes its pool once per process, when it is first used, from TVM_NUM_THREADS (else from
-    half the logical CPUs on x86: one thread on a 2-vCPU machine), and can later only run fewer
-    threads than that. So unless TVM_NUM_THREADS is set, this sets it to `threads` first, and it
-    raises PasscError when the pool cannot run `threads` threads, rather than time fewer.
-    """
-    import tvm
-    from tvm import relax
-
-    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
-    configure = tvm.get_global_func("runtime.config_threadpool")
-    count = tvm.get_global_func("runtime.NumThreads")
-    before = count()
-    vms = [relax.VirtualMachine(e, tvm.cpu()) for e in executables]
-    clocks = [_KernelClock() for _ in vms]
-    for vm, clock in zip(vms, clocks, strict=True):
-        vm.set_instrument(clock)
-    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
-    samples: list[list[dict[str, float]]] = [[] for _ in vms]
-    configure(1, threads)
-    if count() != threads:
-        configure(1, before)
-        raise PasscError(
-            f"TVM's thread pool in this process runs at most {count()} threads, not {threads}: "
-            f"set TVM_NUM_THREADS={threads} before TVM first runs a parallel kernel"
-        )
-    try:
-        for vm in vms:
-            vm["main"](*tensors)  # warm-up: first-call allocations
-        for round_ in range(rounds):
-            order = list(range(len(vms)))
-            for i in order if round_ % 2 == 0 else order[::-1]:
-                time.sleep(pause_s)
-                clocks[i].seconds = {}
-                vms[i]["main"](*tensors)
-                samples[i].append(clocks[i].seconds)
-    finally:
-        configure(1, before)
-    return samples
-
-
-class _KernelClock:
-    """A VM instrument hook: seconds per called function, summed since `seconds` was reset."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._start = 0.0
-
-    def __call__(self, _func: Any, symbol: str, before_run: bool, *_: Any) -> int:
-        now = time.perf_counter()
-        if before_run:
-            self._start = now
-        else:
-            self.seconds[symbol] = self.seconds.get(symbol, 0.0) + now - self._start
-        return 0  # VMInstrumentReturnKind.NO_OP: go on with the call

@@ -1,8 +1,9 @@
-"""The base class of every passc pass, and typed options parsed from text.
+"""The base classes of passc passes, and typed options parsed from text.
 
-A passc pass is an `onnx_ir` in-place pass with a frozen, typed `Options` dataclass and a declared
-numerical tolerance. Options are declared once; the CLI (`--pass-option name.key=value`), TOML
-pipeline files and `passc passes` all read that declaration.
+A passc pass runs at one of two stages: on the ONNX graph (`PasscPass`, an `onnx_ir` in-place
+pass) or on TVM's Relax module after import (`RelaxPass`). Both have a frozen, typed `Options`
+dataclass and a declared numerical tolerance. Options are declared once; the CLI
+(`--pass-option name.key=value`), TOML pipeline files and `passc passes` all read that declaration.
 """
 
 from __future__ import annotations
@@ -17,25 +18,33 @@ import onnx_ir as ir
 
 from passc.errors import UsageError
 
-__all__ = ["PasscPass", "make_options", "describe_options", "RUNTIME_PARAMS_KEY"]
+__all__ = [
+    "ONNX_STAGE",
+    "PasscPass",
+    "RELAX_STAGE",
+    "RUNTIME_PARAMS_KEY",
+    "RelaxPass",
+    "RelaxPassResult",
+    "describe_options",
+    "make_options",
+]
 
 # Model metadata key: a JSON list of initializer names that lowering must keep as runtime parameters
 # of the compiled function (stored in the artifact's params.bin as they are), never as constants
 # that TVM could fold. Packed low-bit weights use it: folding their decode would store floats again.
 RUNTIME_PARAMS_KEY = "passc.runtime_params"
 
+# The two stages a pass runs at: on the ONNX graph (onnx_ir), or on the Relax module after import.
+ONNX_STAGE = "onnx"
+RELAX_STAGE = "relax"
 
-class PasscPass(ir.passes.InPlacePass):
-    """Base class: subclasses set `name` (via `register_pass`), `Options` and `call`.
 
-    `tolerance` is the relative output error the pass may introduce beyond float rounding:
-    0 for exact rewrites; a lossy pass states its bound, or declares None and sets the measured
-    bound on the instance when it runs. `--verify-each` and `passc verify` check it.
-    `fired` counts what the last run rewrote, by rule name; the pass log and manifest show it.
-    `runs_last`: nothing may run after this pass (e.g. constant folding would undo its work).
-    """
+class _PassOptions:
+    """What every passc pass has, whatever IR it runs on: a registered name, typed `Options`, a
+    declared tolerance and the count of what its last run rewrote."""
 
     name: ClassVar[str] = ""
+    stage: ClassVar[str] = ""
     tolerance: ClassVar[float | None] = 0.0
     runs_last: ClassVar[bool] = False
 
@@ -43,8 +52,7 @@ class PasscPass(ir.passes.InPlacePass):
     class Options:
         """This pass takes no options."""
 
-    def __init__(self, options: Any = None) -> None:
-        super().__init__()
+    def _init_options(self, options: Any) -> None:
         self.fired: Counter[str] = Counter()
         self.options = self.Options() if options is None else options
         if not isinstance(self.options, self.Options):
@@ -54,6 +62,61 @@ class PasscPass(ir.passes.InPlacePass):
     def summary(cls) -> str:
         """The first line of the class docstring."""
         return next(iter((cls.__doc__ or "").strip().splitlines()), "")
+
+
+class PasscPass(_PassOptions, ir.passes.InPlacePass):
+    """Base class of ONNX-level passes: subclasses set `name` (via `register_pass`), `Options`
+    and `call(model) -> ir.passes.PassResult`.
+
+    `tolerance` is the relative output error the pass may introduce beyond float rounding:
+    0 for exact rewrites; a lossy pass states its bound, or declares None and sets the measured
+    bound on the instance when it runs. `--verify-each` and `passc verify` check it.
+    `fired` counts what the last run rewrote, by rule name; the pass log and manifest show it.
+    `runs_last`: no ONNX pass may run after this pass (e.g. constant folding would undo its work).
+    """
+
+    stage: ClassVar[str] = ONNX_STAGE
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__()
+        self._init_options(options)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelaxPassResult:
+    """What a Relax pass returns: the module (a new one, or the same) and whether it changed."""
+
+    mod: Any  # tvm.IRModule
+    modified: bool
+
+
+class RelaxPass(_PassOptions):
+    """Base class of Relax-level passes, which run on TVM's Relax `IRModule` after import and
+    before the backend legalizes it: subclasses set `name` (via `register_pass`), `Options` and
+    `call(mod) -> RelaxPassResult`.
+
+    The module holds one public Relax function per entry point (named as the entry point). A pass
+    may rewrite them (their parameters must stay as they are) and may add public functions (with
+    a `global_symbol` attribute): each becomes an entry point of the artifact, all its parameters
+    inputs, its outputs named by its `passc.output_names` attribute or output_0, output_1, ….
+    Options, tolerance, `fired` and the pass log are as for `PasscPass`.
+    """
+
+    stage: ClassVar[str] = RELAX_STAGE
+
+    def __init__(self, options: Any = None) -> None:
+        self._init_options(options)
+
+    def call(self, mod: Any) -> RelaxPassResult:
+        raise NotImplementedError
+
+    def __call__(self, mod: Any) -> RelaxPassResult:
+        result = self.call(mod)
+        if not isinstance(result, RelaxPassResult):
+            raise TypeError(
+                f"pass {self.name!r}: call() must return a RelaxPassResult, got {type(result).__name__}"
+            )
+        return result
 
 
 def _coerce(pass_name: str, key: str, annotation: Any, value: Any) -> Any:
@@ -91,7 +154,7 @@ def _coerce(pass_name: str, key: str, annotation: Any, value: Any) -> Any:
     raise UsageError(f"{where}: unsupported option type {annotation!r}")
 
 
-def make_options(pass_cls: type[PasscPass], values: dict[str, Any]) -> Any:
+def make_options(pass_cls: type[PasscPass | RelaxPass], values: dict[str, Any]) -> Any:
     """Builds `pass_cls.Options` from untyped values; unknown keys and bad values raise UsageError."""
     fields = {f.name: f for f in dataclasses.fields(pass_cls.Options)}
     hints = typing.get_type_hints(pass_cls.Options)
@@ -106,7 +169,7 @@ def make_options(pass_cls: type[PasscPass], values: dict[str, Any]) -> Any:
         raise UsageError(f"pass {pass_cls.name!r}: {err}") from None
 
 
-def describe_options(pass_cls: type[PasscPass]) -> list[tuple[str, str, str, str]]:
+def describe_options(pass_cls: type[PasscPass | RelaxPass]) -> list[tuple[str, str, str, str]]:
     """(name, type, default, help) for each option; help comes from `field(metadata={"help": …})`."""
     hints = typing.get_type_hints(pass_cls.Options)
     rows = []

@@ -8,6 +8,10 @@ A pipeline comes from the target's default pass list, or `--passes a,b,c`, or a 
 
 `--pass-option name.key=value` overrides options from any of them. Canonicalisation always runs
 first (it folds the shape sub-graphs TVM cannot lower); a list may run it again later too.
+
+ONNX-level passes run first, on each model (`run_pipeline`); Relax-level passes run after import,
+on the whole Relax module (`passc.relax_stage`), so a list names every ONNX pass before any
+Relax pass.
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ import onnx_ir as ir
 
 from passc import oracle
 from passc.errors import PasscError, UsageError
-from passc.pass_base import PasscPass, make_options
+from passc.pass_base import ONNX_STAGE, RELAX_STAGE, PasscPass, RelaxPass, make_options
 from passc.registry import get_pass
 from passc.stats import ModelStats, model_stats
 
-__all__ = ["PassSpec", "PassRecord", "build_pipeline", "run_pipeline", "parse_pass_option"]
+__all__ = [
+    "PassRecord",
+    "PassSpec",
+    "build_pipeline",
+    "parse_pass_option",
+    "relax_specs",
+    "run_pipeline",
+]
 
 FIRST_PASS = "canonicalize"
 
@@ -41,14 +52,27 @@ class PassSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
 
-    def instantiate(self) -> PasscPass:
+    def instantiate(self) -> PasscPass | RelaxPass:
         cls = get_pass(self.name)
         return cls(make_options(cls, self.options))
+
+    @property
+    def stage(self) -> str:
+        """ONNX_STAGE or RELAX_STAGE: where the pass runs."""
+        return get_pass(self.name).stage
+
+
+def relax_specs(specs: list[PassSpec]) -> list[PassSpec]:
+    """The Relax-level steps of a pipeline, in order."""
+    return [spec for spec in specs if spec.stage == RELAX_STAGE]
 
 
 @dataclass(frozen=True)
 class PassRecord:
-    """What one pass did: for the pass log printed to the user and stored in the manifest."""
+    """What one pass did: for the pass log printed to the user and stored in the manifest.
+
+    For a Relax pass, `nodes` counts the module's operator calls, `initializers` and `params` its
+    constant tensors and their elements, `macs` those of its conv2d and matmul calls."""
 
     name: str
     options: dict[str, Any]
@@ -59,6 +83,16 @@ class PassRecord:
     fired: dict[str, int] = field(default_factory=dict)  # rewrites by rule name
     tolerance: float = 0.0  # the relative output error the pass declares it may add
     max_rel_error: float | None = None  # set by --verify-each
+
+    def progress_line(self) -> str:
+        """One line for the progress log: what changed, the counts before and after, the time."""
+        checked = "" if self.max_rel_error is None else f", max rel err {self.max_rel_error:.2g}"
+        rules = "".join(f", {rule} x{count}" for rule, count in self.fired.items())
+        return (
+            f"pass {self.name}: {'modified' if self.modified else 'unchanged'}, "
+            f"nodes {self.before.nodes} -> {self.after.nodes}, MACs {self.before.macs} -> {self.after.macs}, "
+            f"{self.seconds:.2f}s{rules}{checked}"
+        )
 
     def as_manifest(self) -> dict[str, Any]:
         """The record without wall time, so that rebuilt manifests are byte-identical."""
@@ -131,9 +165,18 @@ def build_pipeline(
     specs = [PassSpec(name, options.get(name, {})) for name in names]
     for spec in specs:
         spec.instantiate()  # validates names and options now, not halfway through a build
-    for name in names[:-1]:
+    stages = [spec.stage for spec in specs]
+    onnx = [spec.name for spec in specs if spec.stage == ONNX_STAGE]
+    for name in onnx[:-1]:
         if get_pass(name).runs_last:
-            raise UsageError(f"pass {name!r} must be the last pass of the pipeline")
+            raise UsageError(f"pass {name!r} must be the last ONNX pass of the pipeline")
+    if RELAX_STAGE in stages and ONNX_STAGE in stages[stages.index(RELAX_STAGE) :]:
+        relax = specs[stages.index(RELAX_STAGE)].name
+        later = next(s.name for s in specs[stages.index(RELAX_STAGE) :] if s.stage == ONNX_STAGE)
+        raise UsageError(
+            f"ONNX pass {later!r} comes after Relax pass {relax!r}: Relax passes run after import, "
+            "so list every ONNX pass first"
+        )
     return specs
 
 
@@ -144,7 +187,8 @@ def run_pipeline(
     verify_each: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[PassRecord]:
-    """Runs the passes in order on `model` (in place) and records each one.
+    """Runs the ONNX-level passes of `specs` in order on `model` (in place) and records each one
+    (the Relax-level ones run after import, in `passc.relax_stage`).
 
     With `verify_each`, the model is run under onnxruntime before the first pass and after every
     pass on the same random inputs; a pass whose output error exceeds its declared tolerance plus
@@ -157,6 +201,8 @@ def run_pipeline(
         reference = oracle.run_onnxruntime(model, inputs)
     records = []
     for spec in specs:
+        if spec.stage != ONNX_STAGE:
+            continue
         instance = spec.instantiate()
         before = model_stats(model)
         start = time.perf_counter()
@@ -188,11 +234,5 @@ def run_pipeline(
         records.append(
             PassRecord(spec.name, options, result.modified, seconds, before, after, fired, tolerance, max_rel)
         )
-        checked = "" if max_rel is None else f", max rel err {max_rel:.2g}"
-        rules = "".join(f", {rule} x{count}" for rule, count in fired.items())
-        progress(
-            f"pass {spec.name}: {'modified' if result.modified else 'unchanged'}, "
-            f"nodes {before.nodes} -> {after.nodes}, MACs {before.macs} -> {after.macs}, "
-            f"{seconds:.2f}s{rules}{checked}"
-        )
+        progress(records[-1].progress_line())
     return records

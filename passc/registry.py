@@ -11,24 +11,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 from passc.errors import UsageError
-from passc.pass_base import PasscPass
+from passc.pass_base import PasscPass, RelaxPass
+
+PassClass = type[PasscPass] | type[RelaxPass]
 
 __all__ = ["register_pass", "get_pass", "all_passes", "load_plugin", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "passc.passes"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_REGISTRY: dict[str, type[PasscPass]] = {}
+_REGISTRY: dict[str, PassClass] = {}
 _discovered = False
 
 
-def register_pass(name: str) -> Callable[[type[PasscPass]], type[PasscPass]]:
-    """Class decorator: registers a `PasscPass` subclass under a kebab-case name."""
+def register_pass(name: str) -> Callable[[PassClass], PassClass]:
+    """Class decorator: registers a `PasscPass` (ONNX-level) or `RelaxPass` (Relax-level) subclass
+    under a kebab-case name."""
     if not _NAME.match(name):
         raise ValueError(f"pass name {name!r} is not kebab-case (like 'fold-linear-blocks')")
 
-    def decorate(cls: type[PasscPass]) -> type[PasscPass]:
-        if not (isinstance(cls, type) and issubclass(cls, PasscPass)):
-            raise TypeError(f"{cls!r} must subclass passc.PasscPass to be registered")
+    def decorate(cls: PassClass) -> PassClass:
+        if not (isinstance(cls, type) and issubclass(cls, PasscPass | RelaxPass)):
+            raise TypeError(f"{cls!r} must subclass passc.PasscPass or passc.RelaxPass to be registered")
         existing = _REGISTRY.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
             raise ValueError(f"pass name {name!r} is already taken by {existing.__qualname__}")
@@ -55,7 +58,7 @@ def _discover() -> None:
             ) from err
 
 
-def get_pass(name: str) -> type[PasscPass]:
+def get_pass(name: str) -> PassClass:
     """The pass registered as `name`; an unknown name is a UsageError listing the known ones."""
     _discover()
     try:
@@ -65,7 +68,7 @@ def get_pass(name: str) -> type[PasscPass]:
         raise UsageError(f"unknown pass {name!r} (known passes: {known})") from None
 
 
-def all_passes() -> dict[str, type[PasscPass]]:
+def all_passes() -> dict[str, PassClass]:
     """Every registered pass by name, built-in and plugin."""
     _discover()
     return dict(sorted(_REGISTRY.items()))

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from passc.compiler import prepare_model, records_dir
+from passc.compiler import Prepared, prepare_model, records_dir
 from passc.errors import UsageError
-from passc.lowering import kernel_times, legalized_kernels, lower
+from passc.lowering import legalized_kernels, lower
 from passc.metaschedule import (
     KernelResult,
     TuneReport,
@@ -30,6 +30,7 @@ from passc.metaschedule import (
     require_tuning_packages,
     tune_kernels,
 )
+from passc.runtime import kernel_times
 from passc.targets import Target, get_target
 
 __all__ = ["tune_model"]
@@ -90,7 +91,7 @@ def tune_model(
     directory = Path(records) if records is not None else records_dir(target)
     prepared = prepare_model(model, target, input_shapes=input_shapes, progress=progress, **pipeline_options)
     progress(f"extracting kernels for {target.name} ({target.description})")
-    mod, tvm_target = legalized_kernels(prepared.loaded.model, target.tvm)
+    mod, tvm_target = legalized_kernels(prepared.loaded.model, target, prepared.relax_passes)
     where = (
         f"the RPC server at {rpc}"
         if rpc
@@ -113,13 +114,13 @@ def tune_model(
         tracker=tracker,
         key=key,
         timeout_s=timeout_s,
-        check=_in_model_check(prepared.loaded.model, target, directory, threads, progress) if local else None,
+        check=_in_model_check(prepared, target, directory, threads, progress) if local else None,
         progress=progress,
     )
 
 
 def _in_model_check(
-    model: Any, target: Target, directory: Path, threads: int, progress: Callable[[str], None]
+    prepared: Prepared, target: Target, directory: Path, threads: int, progress: Callable[[str], None]
 ) -> Callable[[list[KernelResult]], set[int]]:
     """The check `tune_kernels` runs after its search: which searched kernels lose in the model."""
 
@@ -132,7 +133,9 @@ def _in_model_check(
             f"checking {len(searched)} searched kernels in the model against their default schedules "
             f"({ROUNDS} runs each at {' and '.join(map(str, counts))} threads)"
         )
-        default, tuned = lower(model, target.tvm, []), lower(model, target.tvm, [directory])
+        model, relax_passes = prepared.loaded.model, prepared.relax_passes
+        default = lower(model, target, [], relax_passes)
+        tuned = lower(model, target, [directory], relax_passes)
         from passc import oracle  # imports onnxruntime: only here
 
         inputs = oracle.random_inputs([(s.name, s.shape, s.dtype) for s in default.inputs], 0)

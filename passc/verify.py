@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from passc import oracle
-from passc.compiler import CompileResult, compile_model
+from passc.artifact import ENTRY
+from passc.compiler import CompileResult, compile_model, entry_points, function_input_shapes
 from passc.errors import UsageError
 from passc.loading import bind_input_shapes, load_model
 from passc.targets import get_target
@@ -23,9 +24,15 @@ DEFAULT_TOLERANCE = 1e-4
 
 @dataclass
 class VerifyReport:
-    errors: list[oracle.OutputError]
+    functions: dict[str, list[oracle.OutputError]]  # per entry point with an ONNX model
     tolerance: float
     compiled: CompileResult
+    unchecked: list[str] = field(default_factory=list)  # entry points a Relax pass added
+
+    @property
+    def errors(self) -> list[oracle.OutputError]:
+        """Every checked output's error, over all functions."""
+        return [e for errors in self.functions.values() for e in errors]
 
     @property
     def passed(self) -> bool:
@@ -33,18 +40,21 @@ class VerifyReport:
 
 
 def verify_model(
-    model: str | Path,
+    model: Any,
     target: str,
     *,
     inputs: dict[str, np.ndarray] | None = None,
     emulate: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
     output: str | Path | None = None,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    input_shapes: dict[str, Any] | None = None,
     **compile_options: Any,
 ) -> VerifyReport:
-    """Compiles `model` for `target`, runs it on `inputs` (random if None) and compares each
-    output with onnxruntime on the unchanged model. Non-host targets need `emulate=True`.
+    """Compiles `model` (a path, or {function name: path} for several entry points) for `target`,
+    runs every entry point on `inputs` (main's; random if None, and for the other functions) and
+    compares each output with onnxruntime on that function's unchanged model. Non-host targets
+    need `emulate=True`. Functions that a Relax pass added have no ONNX model: they are run but
+    listed as unchecked.
 
     The allowed relative error is `tolerance` plus what the pipeline's lossy passes declared.
     """
@@ -56,18 +66,27 @@ def verify_model(
             f"target {target} builds {spec.arch} binaries; add --emulate to run them under "
             f"{spec.emulator[0] if spec.emulator else 'an emulator'}"
         )
+    sources = entry_points(model)
+    results: dict[str, list[oracle.OutputError]] = {}
+    unchecked = []
     with tempfile.TemporaryDirectory(prefix="passc-verify-") as tmp:
         out = Path(output) if output is not None else Path(tmp) / f"model.{target}"
         compiled = compile_model(
             model, spec, out, input_shapes=input_shapes, bundle=emulate, **compile_options
         )
         artifact = compiled.artifact
-        if inputs is None:
-            inputs = artifact.random_inputs()
-        actual = artifact.run(inputs, emulate=emulate)
-    original = load_model(model).model
-    if input_shapes:
-        bind_input_shapes(original, input_shapes)
-    expected = oracle.run_onnxruntime(original, inputs)
-    allowed = tolerance + sum(record.tolerance for record in compiled.pass_log)
-    return VerifyReport(oracle.compare(actual, expected), allowed, compiled)
+        for function in artifact.functions:
+            given = inputs if function == ENTRY and inputs is not None else None
+            arrays = given if given is not None else artifact.random_inputs(function=function)
+            actual = artifact.run(arrays, function=function, emulate=emulate)
+            if function not in sources:
+                unchecked.append(function)
+                continue
+            original = load_model(sources[function]).model
+            shapes = function_input_shapes(function, input_shapes, sources)
+            if shapes:
+                bind_input_shapes(original, shapes)
+            results[function] = oracle.compare(actual, oracle.run_onnxruntime(original, arrays))
+    onnx_tolerance = max(sum(r.tolerance for r in log) for log in compiled.pass_logs.values())
+    allowed = tolerance + onnx_tolerance + sum(r.tolerance for r in compiled.relax_log)
+    return VerifyReport(results, allowed, compiled, unchecked)

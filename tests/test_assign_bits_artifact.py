@@ -72,7 +72,7 @@ def test_four_bit_artifact_holds_packed_weights(mlp: Path, tmp_path: Path) -> No
 def test_size_budget_holds_on_the_artifact(mlp: Path, tmp_path: Path) -> None:
     budget = 200_000
     manifest = _compile(mlp, tmp_path / "q", budget=f"size={budget}B")
-    record = next(p for p in manifest["passes"] if p["pass"] == "assign-bits")
+    record = next(p for p in manifest["functions"]["main"]["passes"] if p["pass"] == "assign-bits")
     assert record["modified"]
     assert 0 < manifest["weights"]["params_bytes"] <= budget
 
@@ -122,7 +122,7 @@ def test_latency_budget_is_measured_per_layer_on_the_host(mlp: Path, tmp_path: P
     timings = list((tmp_path / "cache" / "latency").glob("*.json"))
     assert len(timings) == len(WIDTHS) * 2
     assert all(0 < json.loads(t.read_text())["seconds"] < 1 for t in timings)
-    assert next(p for p in manifest["passes"] if p["pass"] == "assign-bits")["modified"]
+    assert next(p for p in manifest["functions"]["main"]["passes"] if p["pass"] == "assign-bits")["modified"]
     _compile(mlp, tmp_path / "again", **options)  # a second build measures nothing new
     assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == len(timings)
 
@@ -165,7 +165,7 @@ def test_unreachable_rpc_server_is_one_clear_error(tmp_path: Path) -> None:
 
     from passc.errors import PasscError
     from passc.loading import load_model
-    from passc.lowering import measure_latency
+    from passc.runtime import measure_latency
 
     host = get_target("host")
     model = load_model(_small_mlp(tmp_path)).model

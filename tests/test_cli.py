@@ -210,12 +210,13 @@ def test_failed_rebuild_keeps_the_previous_artifact(run_cli, tmp_path: Path, mon
     assert run_cli("compile", EXAMPLE, "--target", "host", *SHAPE, "-o", out, "-q")[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    import passc.compiler
+    from passc.backends.cpu import CPUBackend
+    from passc.errors import PasscError
 
-    def broken_bundle(target):
-        raise passc.PasscError("simulated failure while bundling")
+    def broken_bundle(self, out_dir, target):
+        raise PasscError("simulated failure while bundling")
 
-    monkeypatch.setattr(passc.compiler, "bundle_files", broken_bundle)
+    monkeypatch.setattr(CPUBackend, "bundle", broken_bundle)
     status, _, err = run_cli("compile", EXAMPLE, "--target", "host", *SHAPE, "-o", out, "--bundle")
     assert status == 1 and "simulated failure" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -3,6 +3,7 @@ byte-identically; the rpi5 artifacts run under qemu-aarch64 -cpu cortex-a76."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -78,21 +79,20 @@ def test_manifest_describes_the_artifact(tmp_path: Path) -> None:
     artifact = passc.compile(EXAMPLE, target="host", output=out, input_shapes={"input": (2, 3, 64, 64)})
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest == artifact.manifest
-    assert manifest["functions"] == {
-        "main": {
-            "inputs": [{"name": "input", "shape": [2, 3, 64, 64], "dtype": "float32"}],
-            "outputs": [{"name": "probs", "shape": [2, 10], "dtype": "float32"}],
-        }
-    }
+    assert manifest["format"] == 2
+    assert list(manifest["functions"]) == ["main"]
+    main = manifest["functions"]["main"]
+    assert main["inputs"] == [{"name": "input", "shape": [2, 3, 64, 64], "dtype": "float32"}]
+    assert main["outputs"] == [{"name": "probs", "shape": [2, 10], "dtype": "float32"}]
+    assert main["source_sha256"] == hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
+    assert "params" not in main and manifest["relax_passes"] == []
     assert manifest["target"]["name"] == "host"
     assert set(manifest["tvm"]) == {"apache-tvm", "apache-tvm-ffi"}
     assert manifest["tvm"]["apache-tvm-ffi"] == "0.1.14.post1"
-    first = manifest["passes"][0]
+    first = main["passes"][0]
     assert first["pass"] == "canonicalize" and first["modified"]
     assert first["before"]["nodes"] > first["after"]["nodes"]  # the flatten sub-graph folded
     assert manifest["kernels"] >= 1
-    import hashlib
-
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
 
@@ -123,7 +123,7 @@ def test_depfile_lists_model_external_data_pipeline_and_plugin(tmp_path: Path) -
     assert text.startswith(f"{out}:")
     assert f"{escaped}/model.onnx" in text and f"{escaped}/weights.bin" in text
     assert str(pipeline) in text and str(plugin) in text
-    assert [p["pass"] for p in artifact.manifest["passes"]] == [
+    assert [p["pass"] for p in artifact.pass_log()] == [
         "canonicalize",
         "drop-identity-arith",
     ]
@@ -158,9 +158,9 @@ def test_threads_default_to_the_target_and_the_environment_wins(tmp_path: Path, 
         EXAMPLE, target="host", output=tmp_path / "b", input_shapes=shapes, bundle=True, threads=3
     )
     assert artifact.manifest["target"]["threads"] == 3
-    assert artifact._thread_env()["TVM_NUM_THREADS"] == "3"
+    assert artifact.thread_env()["TVM_NUM_THREADS"] == "3"
     monkeypatch.setenv("TVM_NUM_THREADS", "1")
-    assert artifact._thread_env()["TVM_NUM_THREADS"] == "1"
+    assert artifact.thread_env()["TVM_NUM_THREADS"] == "1"
     inputs = artifact.random_inputs()
     _assert_matches(artifact.run(inputs, emulate=True), _reference(EXAMPLE, shapes, inputs))
 
@@ -171,7 +171,7 @@ def test_run_takes_aligned_unaligned_and_read_only_inputs_and_returns_fresh_outp
     call that returned it (it is no view of a buffer a later call reuses)."""
     import numpy as np
 
-    from passc.lowering import ALIGNMENT, aligned_empty
+    from passc.runtime import ALIGNMENT, aligned_empty
 
     shapes = {"input": (1, 3, 64, 64)}
     artifact = passc.compile(EXAMPLE, target="host", output=tmp_path / "art", input_shapes=shapes)

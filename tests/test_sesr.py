@@ -87,7 +87,9 @@ def test_sesr_compiles_folded_for_the_host(sesr, run_cli, tmp_path) -> None:
     )
     assert code == 0, err
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    fold_record = next(p for p in manifest["passes"] if p["pass"] == "fold-linear-blocks")
+    fold_record = next(
+        p for p in manifest["functions"]["main"]["passes"] if p["pass"] == "fold-linear-blocks"
+    )
     assert fold_record["fired"] == {"conv-conv": 7, "conv-plus-identity": 5}
     assert fold_record["before"]["macs"] / fold_record["after"]["macs"] > 20
 

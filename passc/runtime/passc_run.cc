@@ -1,9 +1,9 @@
 // passc-run: runs a passc artifact's model.so with no Python, through the TVM runtime.
 //
-//   passc-run model.so in_1.bin ... in_N.bin out_1.bin ... out_M.bin
+//   passc-run model.so [--function NAME] in_1.bin ... in_N.bin out_1.bin ... out_M.bin
 //
-// The inputs and outputs of the model's "main" function (names, shapes, dtypes, order) are read
-// from manifest.json beside model.so. Each .bin file holds one tensor's raw bytes, C order, little endian: exactly
+// Runs the entry point NAME (default "main"). Its inputs and outputs (names, shapes, dtypes,
+// order) are read from manifest.json beside model.so. Each .bin file holds one tensor's raw bytes, C order, little endian: exactly
 // prod(shape) * itemsize bytes. Runtime parameters (packed weights) listed under "params" are read
 // from params.bin beside model.so and passed after the inputs. TVM_NUM_THREADS sets the number of
 // worker threads; unset, it defaults to the manifest's target.threads.
@@ -27,7 +27,7 @@ namespace ffi = tvm::ffi;
 
 namespace {
 
-constexpr const char* kEntry = "main";
+constexpr const char* kDefaultEntry = "main";
 
 // TVM's kernels assume 64-byte aligned tensors (kAllocAlignment) and load them with aligned vector
 // instructions: malloc's 16 bytes crash AVX-512 code.
@@ -131,26 +131,44 @@ void WriteOutput(const ffi::Tensor& t, const TensorSpec& spec, const std::string
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: passc-run model.so in_1.bin ... in_N.bin out_1.bin ... out_M.bin" << std::endl;
+  // The arguments without "--function NAME", which may come anywhere after model.so.
+  std::string entry = kDefaultEntry;
+  std::vector<char*> files;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--function") == 0) {
+      if (i + 1 == argc) Fail("--function needs a function name");
+      entry = argv[++i];
+    } else {
+      files.push_back(argv[i]);
+    }
+  }
+  if (files.empty()) {
+    std::cerr << "usage: passc-run model.so [--function NAME] in_1.bin ... in_N.bin out_1.bin ... out_M.bin"
+              << std::endl;
     return 2;
   }
   try {
-    std::string so_path = argv[1];
+    std::string so_path = files[0];
     if (so_path.find('/') == std::string::npos) so_path = "./" + so_path;  // dlopen searches paths
     size_t slash = so_path.find_last_of('/');
     std::string dir = so_path.substr(0, slash);
     auto manifest = ffi::json::Parse(ReadFile(dir + "/manifest.json")).cast<ffi::json::Object>();
-    // The manifest lists each entry point's signature under "functions"; this runs "main".
-    auto signature =
-        manifest.at("functions").cast<ffi::json::Object>().at(kEntry).cast<ffi::json::Object>();
+    // The manifest lists each entry point's signature under "functions".
+    auto functions = manifest.at("functions").cast<ffi::json::Object>();
+    if (!functions.count(entry)) {
+      std::string known;
+      for (const auto& item : functions) known += (known.empty() ? "" : ", ") + std::string(item.first.cast<ffi::String>());
+      Fail("the artifact has no function '" + entry + "' (its functions: " + known + ")");
+    }
+    auto signature = functions.at(entry).cast<ffi::json::Object>();
     std::vector<TensorSpec> inputs = ReadSpecs(signature, "inputs");
     int64_t threads = manifest.at("target").cast<ffi::json::Object>().at("threads").cast<int64_t>();
     setenv("TVM_NUM_THREADS", std::to_string(threads).c_str(), /*overwrite=*/0);  // before TVM starts
     std::vector<TensorSpec> outputs = ReadSpecs(signature, "outputs");
-    size_t want = 2 + inputs.size() + outputs.size();
-    if (static_cast<size_t>(argc) != want) {
+    size_t want = 1 + inputs.size() + outputs.size();
+    if (files.size() != want) {
       std::cerr << "usage: passc-run model.so";
+      if (entry != kDefaultEntry) std::cerr << " --function " << entry;
       for (auto& s : inputs) std::cerr << " " << s.name << ".bin";
       for (auto& s : outputs) std::cerr << " " << s.name << ".bin";
       std::cerr << std::endl;
@@ -161,10 +179,10 @@ int main(int argc, char** argv) {
     ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
     // (device type, device id, allocator) for the CPU; 2 = pooled allocator.
     vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
-    ffi::Function main_fn = vm->GetFunction(kEntry).value();
+    ffi::Function main_fn = vm->GetFunction(entry).value();
 
     std::vector<ffi::Any> args;
-    for (size_t i = 0; i < inputs.size(); ++i) args.push_back(LoadInput(inputs[i], argv[2 + i]));
+    for (size_t i = 0; i < inputs.size(); ++i) args.push_back(LoadInput(inputs[i], files[1 + i]));
     LoadParams(signature, dir, &args);
     std::vector<ffi::AnyView> views(args.begin(), args.end());
     ffi::Any result;
@@ -181,7 +199,7 @@ int main(int argc, char** argv) {
            std::to_string(outputs.size()));
     }
     for (size_t i = 0; i < outputs.size(); ++i) {
-      WriteOutput(results[i], outputs[i], argv[2 + inputs.size() + i]);
+      WriteOutput(results[i], outputs[i], files[1 + inputs.size() + i]);
     }
   } catch (const ffi::Error& e) {
     Fail(e.what());

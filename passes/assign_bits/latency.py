@@ -104,7 +104,7 @@ class MeasuredLatency:
 
     def _measure(self, timed: ir.Model, width: int) -> float:
         """Realises the one-layer model's weight at `width` and times it on the target."""
-        from passc.lowering import measure_latency
+        from passc.runtime import measure_latency
 
         (layer,) = find_layers(timed.graph)
         timed.metadata_props[RUNTIME_PARAMS_KEY] = json.dumps(realise(timed.graph, layer, width, self.scheme))
