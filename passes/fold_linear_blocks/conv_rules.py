@@ -15,7 +15,9 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter.rules.common._fuse_batchnorm import FuseBatchNormIntoConv
 from passc.passes.fold_linear_blocks.conv_math import ConvMap
-from passc.passes.fold_linear_blocks.rule_support import FoldRule, constant
+from passc.passes.fold_linear_blocks.rule_support import FoldRule
+
+from passc.graph import constant
 
 __all__ = ["FoldBatchNormIntoConv", "FoldBranchSum", "FoldConvIntoConv"]
 

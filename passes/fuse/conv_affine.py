@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
-from passc.passes.fuse._common import FLOAT_TYPES, constant, fail, fresh_initializer
+from passc.passes.fuse._common import FLOAT_TYPES, fail
+
+from passc.graph import constant, fresh_initializer
 
 __all__ = ["conv_affine_rules"]
 
