@@ -1,4 +1,5 @@
-"""What passes that edit onnx_ir graphs share: reading constants and naming new initializers.
+"""What passes that edit onnx_ir graphs share: reading constants, naming new initializers, and the
+affine map of an inference BatchNormalization.
 
 Passes take these from here, not from one another's private modules.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["constant", "fresh_initializer", "unused_initializer_name"]
+__all__ = ["batchnorm_affine", "constant", "fresh_initializer", "unused_initializer_name"]
 
 
 def constant(value: ir.Value | None) -> np.ndarray | None:
@@ -37,3 +38,18 @@ def fresh_initializer(op, graph: ir.Graph | ir.Function, array: np.ndarray, base
     (In a function, which has no initializers, the rewriter drops the rewrite that asks for one.)"""
     name = unused_initializer_name(graph, base)
     return op.initializer(ir.tensor(array, name=name), name=name)
+
+
+def batchnorm_affine(
+    node: ir.Node, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) of an inference BatchNormalization `node` with these constant parameters:
+    y[c] = scale[c] · x[c] + shift[c] for each channel c, where
+
+        scale = γ / √(var + ε),   shift = β − mean · scale
+
+    and ε is the node's `epsilon` (ONNX's default 1e-5). Computed in float64, for the caller to
+    fold into a neighbouring op and round once."""
+    gamma, beta, mean, var = (np.asarray(a).astype(np.float64) for a in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + node.attributes.get_float("epsilon", 1e-5))
+    return scale, beta - mean * scale
