@@ -6,9 +6,6 @@ Input shapes are optional here: dynamic dims stay dynamic (the passes handle the
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +13,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from passc.atomic import atomic_files
 from passc.loading import bind_input_shapes, load_model
 from passc.passes.fuse import FuseReport, collect_reports
 from passc.pipeline import PassRecord, build_pipeline, run_pipeline
@@ -82,19 +80,13 @@ def _tensor_bytes(model: ir.Model) -> int:
 
 
 def write_model(model: ir.Model, path: Path) -> Path | None:
-    """Saves `model` at `path` atomically: written beside it under a temporary name, then renamed.
+    """Saves `model` at `path` atomically (`passc.atomic.atomic_files`).
 
     Models whose tensors would overflow one protobuf keep them in `PATH.data` (renamed into place
     before the model file, so the model never points at a missing file). Returns that file or None.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     data_name = f"{path.name}.data" if _tensor_bytes(model) > _EXTERNAL_DATA_BYTES else None
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    files = [path] if data_name is None else [path.parent / data_name, path]
+    with atomic_files(*files) as tmp:
         ir.save(model, tmp / path.name, external_data=data_name)
-        if data_name is not None:
-            os.replace(tmp / data_name, path.parent / data_name)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return None if data_name is None else path.parent / data_name
+    return None if data_name is None else files[0]
