@@ -15,6 +15,7 @@ from typing import Any
 from passc.artifact import Artifact
 from passc.errors import PasscError, UsageError
 from passc.pass_base import PasscPass
+from passc.paths import cache_dir
 from passc.registry import register_pass
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "PasscPass",
     "UsageError",
     "__version__",
+    "cache_dir",
     "compile",
     "load",
     "register_pass",

@@ -25,8 +25,7 @@ from passc.passes.assign_bits.quantize import INTEGER_WIDTHS, Scheme, view_shape
 from passc.passes.assign_bits.sensitivity import METRICS, Probe, distortion
 from passc.targets import get_target
 
-from passc import oracle
-from passc.bundle import cache_dir
+from passc import cache_dir, oracle
 from passc.errors import UsageError
 from passc.pass_base import RUNTIME_PARAMS_KEY, PasscPass
 from passc.registry import register_pass
