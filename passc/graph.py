@@ -1,5 +1,5 @@
-"""What passes that edit onnx_ir graphs share: reading constants, naming new initializers, and the
-affine map of an inference BatchNormalization.
+"""What passes that edit onnx_ir graphs share: reading constants and opsets, naming new initializers,
+and the affine map of an inference BatchNormalization.
 
 Passes take these from here, not from one another's private modules.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["batchnorm_affine", "constant", "fresh_initializer", "unused_initializer_name"]
+__all__ = ["batchnorm_affine", "constant", "fresh_initializer", "onnx_opset", "unused_initializer_name"]
 
 
 def constant(value: ir.Value | None) -> np.ndarray | None:
@@ -19,6 +19,11 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
         return None
     tensor = ir.convenience.get_const_tensor(value)
     return None if tensor is None else tensor.numpy()
+
+
+def onnx_opset(model: ir.Model) -> int:
+    """The model's default-domain opset version (0 when it imports none)."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
 def unused_initializer_name(graph: ir.Graph | ir.Function, base: str) -> str:

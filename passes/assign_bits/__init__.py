@@ -27,6 +27,7 @@ from passc.targets import get_target
 
 from passc import cache_dir, oracle
 from passc.errors import UsageError
+from passc.graph import onnx_opset
 from passc.pass_base import RUNTIME_PARAMS_KEY, PasscPass
 from passc.registry import register_pass
 
@@ -251,7 +252,7 @@ class AssignBits(PasscPass):
         assigned = self._assigned(layers) if layers else []
         if not assigned:
             return ir.passes.PassResult(model, modified=False)
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = onnx_opset(model)
         if opset < MIN_OPSET:
             raise UsageError(
                 f"assign-bits: the decode graph needs opset ≥ {MIN_OPSET}; the model has {opset}"

@@ -1,6 +1,6 @@
-"""What the fuse rules share: reading scalars, shapes, axes and opsets, matching and explaining.
+"""What the fuse rules share: reading scalars, shapes and axes, matching and explaining.
 
-Constants and new initializers come from `passc.graph`, which other pass families use too.
+Constants, opsets and new initializers come from `passc.graph`, which other pass families use too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ __all__ = [
     "FLOAT_TYPES",
     "scalar",
     "is_scalar",
-    "onnx_opset",
     "dims",
     "static_shape",
     "same_dim",
@@ -42,11 +41,6 @@ def is_scalar(value: ir.Value | None, expected: float, rel: float = 1e-6) -> boo
     """True when `value` is a one-element constant equal to `expected` up to float32 rounding."""
     got = scalar(value)
     return got is not None and math.isclose(got, expected, rel_tol=rel, abs_tol=0.0)
-
-
-def onnx_opset(model: ir.Model) -> int:
-    """The model's default-domain opset version (0 when it imports none)."""
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
 def dims(value: ir.Value | None) -> tuple | None:
