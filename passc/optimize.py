@@ -15,7 +15,6 @@ import onnx_ir as ir
 
 from passc.atomic import atomic_files
 from passc.loading import bind_input_shapes, load_model
-from passc.passes.fuse import FuseReport, collect_reports
 from passc.pipeline import PassRecord, build_pipeline, run_pipeline
 from passc.registry import load_plugin
 from passc.stats import ModelStats, model_stats
@@ -37,7 +36,6 @@ class OptimizeResult:
     pass_log: list[PassRecord]
     before: ModelStats
     after: ModelStats
-    fuse_reports: list[FuseReport]  # one per fuse run: what fired where, and near misses
 
 
 def optimize_model(
@@ -54,7 +52,8 @@ def optimize_model(
 ) -> OptimizeResult:
     """Runs the pass pipeline (default: DEFAULT_PASSES) on `model` and writes it to `output`.
 
-    With `explain`, each fuse run also records why its rules did not fire where they nearly did.
+    With `explain`, each pass that explains itself (fuse) also records in its pass record why its
+    rules did not fire where they nearly did.
     Names, options and shapes are checked before any work; on failure `output` is left as it was.
     """
     for plugin in plugins or []:
@@ -66,13 +65,12 @@ def optimize_model(
     if input_shapes:
         bind_input_shapes(loaded.model, input_shapes)
     before = model_stats(loaded.model)
-    with collect_reports(explain=explain) as reports:
-        records = run_pipeline(loaded.model, specs, progress=progress)
+    records = run_pipeline(loaded.model, specs, explain=explain, progress=progress)
     after = model_stats(loaded.model)
     output = Path(output)
     external = write_model(loaded.model, output)
     progress(f"wrote {output}" + (f" and {external.name}" if external else ""))
-    return OptimizeResult(output, external, records, before, after, list(reports))
+    return OptimizeResult(output, external, records, before, after)
 
 
 def _tensor_bytes(model: ir.Model) -> int:

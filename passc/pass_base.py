@@ -16,13 +16,18 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from passc.errors import UsageError
+from passc.explain import RuleReport
 
-__all__ = ["PasscPass", "make_options", "describe_options", "RUNTIME_PARAMS_KEY"]
+__all__ = ["PasscPass", "make_options", "describe_options", "RUNTIME_PARAMS_KEY", "BIT_WIDTHS_KEY"]
 
 # Model metadata key: a JSON list of initializer names that lowering must keep as runtime parameters
 # of the compiled function (stored in the artifact's params.bin as they are), never as constants
 # that TVM could fold. Packed low-bit weights use it: folding their decode would store floats again.
 RUNTIME_PARAMS_KEY = "passc.runtime_params"
+
+# Model metadata key: a JSON object {layer: weight bit width} (float layers at 32), written by the pass
+# that assigns widths (assign-bits) and shown by `passc inspect`.
+BIT_WIDTHS_KEY = "passc.bit_widths"
 
 
 class PasscPass(ir.passes.InPlacePass):
@@ -33,11 +38,14 @@ class PasscPass(ir.passes.InPlacePass):
     bound on the instance when it runs. `--verify-each` and `passc verify` check it.
     `fired` counts what the last run rewrote, by rule name; the pass log and manifest show it.
     `runs_last`: nothing may run after this pass (e.g. constant folding would undo its work).
+    `explains`: each run fills `report` (a `passc.explain.RuleReport`), with near misses when the
+    pipeline has set `explain` (`passc optimize --explain`); the pass record carries it.
     """
 
     name: ClassVar[str] = ""
     tolerance: ClassVar[float | None] = 0.0
     runs_last: ClassVar[bool] = False
+    explains: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Options:
@@ -46,6 +54,8 @@ class PasscPass(ir.passes.InPlacePass):
     def __init__(self, options: Any = None) -> None:
         super().__init__()
         self.fired: Counter[str] = Counter()
+        self.explain = False
+        self.report: RuleReport | None = None
         self.options = self.Options() if options is None else options
         if not isinstance(self.options, self.Options):
             raise UsageError(f"pass {self.name!r}: options must be {self.Options.__qualname__}")

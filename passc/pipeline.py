@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from passc import oracle
 from passc.errors import PasscError, UsageError
+from passc.explain import RuleReport
 from passc.pass_base import PasscPass, make_options
 from passc.registry import get_pass
 from passc.stats import ModelStats, model_stats
@@ -59,6 +60,7 @@ class PassRecord:
     fired: dict[str, int] = field(default_factory=dict)  # rewrites by rule name
     tolerance: float = 0.0  # the relative output error the pass declares it may add
     max_rel_error: float | None = None  # set by --verify-each
+    report: RuleReport | None = None  # from a pass that `explains`
 
     def as_manifest(self) -> dict[str, Any]:
         """The record without wall time, so that rebuilt manifests are byte-identical."""
@@ -142,6 +144,7 @@ def run_pipeline(
     specs: list[PassSpec],
     *,
     verify_each: bool = False,
+    explain: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[PassRecord]:
     """Runs the passes in order on `model` (in place) and records each one.
@@ -149,6 +152,7 @@ def run_pipeline(
     With `verify_each`, the model is run under onnxruntime before the first pass and after every
     pass on the same random inputs; a pass whose output error exceeds its declared tolerance plus
     float rounding fails the build. Input shapes must be bound (static) before this runs.
+    With `explain`, passes that explain themselves also record their near misses.
     """
     inputs: dict[str, np.ndarray] = {}
     reference: dict[str, np.ndarray] = {}
@@ -158,6 +162,7 @@ def run_pipeline(
     records = []
     for spec in specs:
         instance = spec.instantiate()
+        instance.explain = explain and instance.explains
         before = model_stats(model)
         start = time.perf_counter()
         try:
@@ -186,7 +191,18 @@ def run_pipeline(
         options = dataclasses.asdict(instance.options)
         fired = dict(sorted(instance.fired.items()))
         records.append(
-            PassRecord(spec.name, options, result.modified, seconds, before, after, fired, tolerance, max_rel)
+            PassRecord(
+                spec.name,
+                options,
+                result.modified,
+                seconds,
+                before,
+                after,
+                fired,
+                tolerance,
+                max_rel,
+                instance.report,
+            )
         )
         checked = "" if max_rel is None else f", max rel err {max_rel:.2g}"
         rules = "".join(f", {rule} x{count}" for rule, count in fired.items())

@@ -28,7 +28,7 @@ from passc.targets import get_target
 from passc import cache_dir, oracle
 from passc.errors import UsageError
 from passc.graph import onnx_opset
-from passc.pass_base import RUNTIME_PARAMS_KEY, PasscPass
+from passc.pass_base import BIT_WIDTHS_KEY, RUNTIME_PARAMS_KEY, PasscPass
 from passc.registry import register_pass
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BIT_WIDTHS_KEY = "passc.bit_widths"  # JSON {layer: width}, float layers at 32
 ASSIGNMENT_KEY = "passc.assignment"  # JSON {method, objective (Σ Ω), totals per budget kind, gap}
 WIDTHS = (*INTEGER_WIDTHS, 16, 32)
 
