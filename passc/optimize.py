@@ -15,14 +15,11 @@ import onnx_ir as ir
 
 from passc.atomic import atomic_files
 from passc.loading import bind_input_shapes, load_model
-from passc.pipeline import PassRecord, build_pipeline, run_pipeline
+from passc.pipeline import DEFAULT_PASSES, PassRecord, build_pipeline, run_pipeline
 from passc.registry import load_plugin
 from passc.stats import ModelStats, model_stats
 
-__all__ = ["DEFAULT_PASSES", "OptimizeResult", "optimize_model", "write_model"]
-
-# The compile pipeline's passes (targets/*.toml default_passes), which all lower to standard ONNX.
-DEFAULT_PASSES = ("canonicalize", "fuse", "fold-linear-blocks")
+__all__ = ["OptimizeResult", "optimize_model", "write_model"]
 
 # Tensors above this many bytes in all go to an external data file: a protobuf message cannot
 # exceed 2 GiB, and the graph itself needs some of that room.

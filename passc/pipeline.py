@@ -1,6 +1,7 @@
 """Pipelines: which passes run, with which options, and the record of each run.
 
-A pipeline comes from the target's default pass list, or `--passes a,b,c`, or a TOML file:
+A pipeline comes from the target's default pass list (DEFAULT_PASSES unless its file sets one), or
+`--passes a,b,c`, or a TOML file:
 
     passes = ["canonicalize", "my-pass"]
     [options.my-pass]
@@ -30,9 +31,13 @@ from passc.pass_base import PasscPass, make_options
 from passc.registry import get_pass
 from passc.stats import ModelStats, model_stats
 
-__all__ = ["PassSpec", "PassRecord", "build_pipeline", "run_pipeline", "parse_pass_option"]
+__all__ = ["DEFAULT_PASSES", "PassSpec", "PassRecord", "build_pipeline", "run_pipeline", "parse_pass_option"]
 
 FIRST_PASS = "canonicalize"
+
+# The passes every target runs unless its file sets `default_passes`, and `passc optimize` runs:
+# all of them keep the model standard ONNX.
+DEFAULT_PASSES = ("canonicalize", "fuse", "fold-linear-blocks")
 
 
 @dataclass(frozen=True)
