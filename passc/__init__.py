@@ -15,6 +15,7 @@ from typing import Any
 from passc.artifact import Artifact
 from passc.errors import PasscError, UsageError
 from passc.pass_base import PasscPass, RelaxPass, RelaxPassResult
+from passc.paths import cache_dir
 from passc.registry import register_pass
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "RelaxPassResult",
     "UsageError",
     "__version__",
+    "cache_dir",
     "compile",
     "load",
     "register_pass",

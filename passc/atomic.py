@@ -9,29 +9,38 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_file", "build_directory"]
+__all__ = ["atomic_file", "atomic_files", "build_directory"]
+
+
+@contextlib.contextmanager
+def atomic_files(*finals: Path) -> Iterator[Path]:
+    """A temporary directory beside `finals` (files of one directory) in which the block writes each
+    of them under its own name; when the block succeeds they are renamed onto `finals` in the order
+    given, when it fails nothing changes. Name a file that refers to another (a model to its external
+    data) last, so that it never points at a missing file. A file keeps the permissions of the one it
+    replaces; a new one has those it was written with (an ordinary file's, as the umask gives)."""
+    parent = finals[0].parent
+    if any(final.parent != parent for final in finals):
+        raise ValueError(f"atomic_files takes files of one directory, not {[str(f) for f in finals]}")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{finals[-1].name}.tmp-"))
+    try:
+        yield tmp
+        for final in finals:
+            written = tmp / final.name
+            if final.exists():
+                shutil.copymode(final, written)
+            os.replace(written, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
-    """A temporary path beside `final` (same suffix) to write; renamed onto `final` when the block
-    succeeds, removed when it fails. The result has `final`'s permissions if it existed, else
-    those of an ordinary new file (mkstemp's are private)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(suffix=final.suffix, prefix=f".{final.stem}.tmp-", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        if final.exists():
-            shutil.copymode(final, tmp)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            tmp.chmod(0o666 & ~umask)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A temporary path to write `final` at (its own name, in a temporary directory beside it),
+    renamed onto `final` when the block succeeds: `atomic_files` for one file."""
+    with atomic_files(final) as tmp:
+        yield tmp / final.name
 
 
 def build_directory(final: Path, fill: Callable[[Path], None], *, replace: bool) -> Path:

@@ -9,7 +9,6 @@ tvm_ffi headers in that wheel, with the target's C++ toolchain, and cached by a 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -17,14 +16,13 @@ import zipfile
 from importlib import resources
 from pathlib import Path
 
-import platformdirs
-
 from passc.atomic import build_directory
 from passc.errors import PasscError
 from passc.lowering import tvm_versions
+from passc.paths import cache_dir
 from passc.targets import Target
 
-__all__ = ["RUNTIME_FILES", "bundle_files", "cache_dir"]
+__all__ = ["RUNTIME_FILES", "bundle_files"]
 
 # What a bundle adds to an artifact (beside model.so and manifest.json).
 RUNTIME_FILES = ("passc-run", "libtvm_runtime.so", "libtvm_ffi.so")
@@ -33,11 +31,6 @@ _WHEEL_MEMBERS = {
     "apache-tvm": {"libtvm_runtime.so": "tvm/lib/libtvm_runtime.so"},
     "apache-tvm-ffi": {"libtvm_ffi.so": "tvm_ffi/lib/libtvm_ffi.so"},
 }
-
-
-def cache_dir() -> Path:
-    """passc's cache (runtime libraries, runners); PASSC_CACHE_DIR overrides the user cache dir."""
-    return Path(os.environ.get("PASSC_CACHE_DIR") or platformdirs.user_cache_dir("passc"))
 
 
 def _download_wheels(target: Target, dest: Path) -> None:

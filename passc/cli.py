@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,23 @@ def _print_pass_logs(result: Any) -> None:
         _print_pass_log(result.relax_log)
 
 
+def _print_explanations(records: list[Any]) -> None:
+    """Where the rules of each pass that explains itself fired and nearly fired, run by run."""
+    explained = [r for r in records if r.report is not None]
+    runs = Counter(r.name for r in explained)
+    seen: Counter[str] = Counter()
+    for record in explained:
+        seen[record.name] += 1
+        label = f"{record.name} run {seen[record.name]}" if runs[record.name] > 1 else record.name
+        print(f"{label}: where rules fired and nearly fired")
+        for match in record.report.matches:
+            print(f"  {match.rule}: fired on {', '.join(match.nodes)}")
+        for miss in record.report.near_misses:
+            print(f"  {miss.rule}: not on {', '.join(miss.nodes)}: {miss.reason}")
+        if not (record.report.matches or record.report.near_misses):
+            print("  no matches and no near misses")
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from passc.compiler import compile_model
 
@@ -146,15 +164,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             print(f"{record.name} fired: " + ", ".join(f"{r} x{n}" for r, n in record.fired.items()))
     print(f"nodes {result.before.nodes} -> {result.after.nodes}")
     if args.explain:
-        for i, report in enumerate(result.fuse_reports, 1):
-            label = f"fuse run {i}" if len(result.fuse_reports) > 1 else "fuse"
-            print(f"{label}: where rules fired and nearly fired")
-            for match in report.matches:
-                print(f"  {match.rule}: fired on {', '.join(match.nodes)}")
-            for miss in report.near_misses:
-                print(f"  {miss.rule}: not on {', '.join(miss.nodes)}: {miss.reason}")
-            if not (report.matches or report.near_misses):
-                print("  no matches and no near misses")
+        _print_explanations(result.pass_log)
     print(result.output)
     return 0
 
@@ -265,7 +275,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from passc.artifact import MANIFEST, OPTIMIZED_MODEL
     from passc.loading import bind_input_shapes, is_static_dim, load_model
-    from passc.passes.assign_bits import BIT_WIDTHS_KEY
+    from passc.pass_base import BIT_WIDTHS_KEY
     from passc.stats import model_stats, op_counts
 
     path = Path(args.model)
@@ -351,6 +361,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from passc.pipeline import DEFAULT_PASSES
+
     def global_flags(default: object) -> argparse.ArgumentParser:
         # Accepted before and after the command; SUPPRESS keeps a sub-command's parser from
         # resetting a flag given before the command (`passc --debug compile …`).
@@ -484,7 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "optimize",
         parents=[common, pipeline],
-        help="run passes (default: canonicalize,fuse,fold-linear-blocks) on ONNX, write ONNX (no TVM)",
+        help=f"run passes (default: {','.join(DEFAULT_PASSES)}) on ONNX, write ONNX (no TVM)",
     )
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="the optimized .onnx file")

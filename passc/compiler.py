@@ -23,10 +23,10 @@ from passc.artifact import (
     write_depfile,
     write_params,
 )
-from passc.bundle import cache_dir
 from passc.errors import UsageError
 from passc.loading import LoadedModel, bind_input_shapes, load_model, require_static_shapes
 from passc.manifest import FunctionEntry, Manifest, TargetEntry
+from passc.paths import cache_dir
 from passc.pipeline import PassRecord, PassSpec, build_pipeline, relax_specs, run_pipeline
 from passc.registry import load_plugin
 from passc.targets import Target, get_target

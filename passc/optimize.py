@@ -6,9 +6,6 @@ Input shapes are optional here: dynamic dims stay dynamic (the passes handle the
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +13,13 @@ from typing import Any
 
 import onnx_ir as ir
 
+from passc.atomic import atomic_files
 from passc.loading import bind_input_shapes, load_model
-from passc.passes.fuse import FuseReport, collect_reports
-from passc.pipeline import PassRecord, build_pipeline, run_pipeline
+from passc.pipeline import DEFAULT_PASSES, PassRecord, build_pipeline, run_pipeline
 from passc.registry import load_plugin
 from passc.stats import ModelStats, model_stats
 
-__all__ = ["DEFAULT_PASSES", "OptimizeResult", "optimize_model", "write_model"]
-
-# The compile pipeline's passes (targets/*.toml default_passes), which all lower to standard ONNX.
-DEFAULT_PASSES = ("canonicalize", "fuse", "fold-linear-blocks")
+__all__ = ["OptimizeResult", "optimize_model", "write_model"]
 
 # Tensors above this many bytes in all go to an external data file: a protobuf message cannot
 # exceed 2 GiB, and the graph itself needs some of that room.
@@ -39,7 +33,6 @@ class OptimizeResult:
     pass_log: list[PassRecord]
     before: ModelStats
     after: ModelStats
-    fuse_reports: list[FuseReport]  # one per fuse run: what fired where, and near misses
 
 
 def optimize_model(
@@ -56,7 +49,8 @@ def optimize_model(
 ) -> OptimizeResult:
     """Runs the pass pipeline (default: DEFAULT_PASSES) on `model` and writes it to `output`.
 
-    With `explain`, each fuse run also records why its rules did not fire where they nearly did.
+    With `explain`, each pass that explains itself (fuse) also records in its pass record why its
+    rules did not fire where they nearly did.
     Names, options and shapes are checked before any work; on failure `output` is left as it was.
     """
     for plugin in plugins or []:
@@ -68,13 +62,12 @@ def optimize_model(
     if input_shapes:
         bind_input_shapes(loaded.model, input_shapes)
     before = model_stats(loaded.model)
-    with collect_reports(explain=explain) as reports:
-        records = run_pipeline(loaded.model, specs, progress=progress)
+    records = run_pipeline(loaded.model, specs, explain=explain, progress=progress)
     after = model_stats(loaded.model)
     output = Path(output)
     external = write_model(loaded.model, output)
     progress(f"wrote {output}" + (f" and {external.name}" if external else ""))
-    return OptimizeResult(output, external, records, before, after, list(reports))
+    return OptimizeResult(output, external, records, before, after)
 
 
 def _tensor_bytes(model: ir.Model) -> int:
@@ -82,19 +75,13 @@ def _tensor_bytes(model: ir.Model) -> int:
 
 
 def write_model(model: ir.Model, path: Path) -> Path | None:
-    """Saves `model` at `path` atomically: written beside it under a temporary name, then renamed.
+    """Saves `model` at `path` atomically (`passc.atomic.atomic_files`).
 
     Models whose tensors would overflow one protobuf keep them in `PATH.data` (renamed into place
     before the model file, so the model never points at a missing file). Returns that file or None.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     data_name = f"{path.name}.data" if _tensor_bytes(model) > _EXTERNAL_DATA_BYTES else None
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    files = [path] if data_name is None else [path.parent / data_name, path]
+    with atomic_files(*files) as tmp:
         ir.save(model, tmp / path.name, external_data=data_name)
-        if data_name is not None:
-            os.replace(tmp / data_name, path.parent / data_name)
-        os.replace(tmp / path.name, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return None if data_name is None else path.parent / data_name
+    return None if data_name is None else files[0]

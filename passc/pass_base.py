@@ -17,8 +17,10 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from passc.errors import UsageError
+from passc.explain import RuleReport
 
 __all__ = [
+    "BIT_WIDTHS_KEY",
     "ONNX_STAGE",
     "PasscPass",
     "RELAX_STAGE",
@@ -34,6 +36,10 @@ __all__ = [
 # that TVM could fold. Packed low-bit weights use it: folding their decode would store floats again.
 RUNTIME_PARAMS_KEY = "passc.runtime_params"
 
+# Model metadata key: a JSON object {layer: weight bit width} (float layers at 32), written by the pass
+# that assigns widths (assign-bits) and shown by `passc inspect`.
+BIT_WIDTHS_KEY = "passc.bit_widths"
+
 # The two stages a pass runs at: on the ONNX graph (onnx_ir), or on the Relax module after import.
 ONNX_STAGE = "onnx"
 RELAX_STAGE = "relax"
@@ -47,6 +53,7 @@ class _PassOptions:
     stage: ClassVar[str] = ""
     tolerance: ClassVar[float | None] = 0.0
     runs_last: ClassVar[bool] = False
+    explains: ClassVar[bool] = False
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Options:
@@ -54,6 +61,8 @@ class _PassOptions:
 
     def _init_options(self, options: Any) -> None:
         self.fired: Counter[str] = Counter()
+        self.explain = False
+        self.report: RuleReport | None = None
         self.options = self.Options() if options is None else options
         if not isinstance(self.options, self.Options):
             raise UsageError(f"pass {self.name!r}: options must be {self.Options.__qualname__}")
@@ -73,6 +82,8 @@ class PasscPass(_PassOptions, ir.passes.InPlacePass):
     bound on the instance when it runs. `--verify-each` and `passc verify` check it.
     `fired` counts what the last run rewrote, by rule name; the pass log and manifest show it.
     `runs_last`: no ONNX pass may run after this pass (e.g. constant folding would undo its work).
+    `explains`: each run fills `report` (a `passc.explain.RuleReport`), with near misses when the
+    pipeline has set `explain` (`passc optimize --explain`); the pass record carries it.
     """
 
     stage: ClassVar[str] = ONNX_STAGE

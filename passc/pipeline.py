@@ -1,6 +1,7 @@
 """Pipelines: which passes run, with which options, and the record of each run.
 
-A pipeline comes from the target's default pass list, or `--passes a,b,c`, or a TOML file:
+A pipeline comes from the target's default pass list (DEFAULT_PASSES unless its file sets one), or
+`--passes a,b,c`, or a TOML file:
 
     passes = ["canonicalize", "my-pass"]
     [options.my-pass]
@@ -29,11 +30,13 @@ import onnx_ir as ir
 
 from passc import oracle
 from passc.errors import PasscError, UsageError
+from passc.explain import RuleReport
 from passc.pass_base import ONNX_STAGE, RELAX_STAGE, PasscPass, RelaxPass, make_options
 from passc.registry import get_pass
 from passc.stats import ModelStats, model_stats
 
 __all__ = [
+    "DEFAULT_PASSES",
     "PassRecord",
     "PassSpec",
     "build_pipeline",
@@ -43,6 +46,10 @@ __all__ = [
 ]
 
 FIRST_PASS = "canonicalize"
+
+# The passes every target runs unless its file sets `default_passes`, and `passc optimize` runs:
+# all of them keep the model standard ONNX.
+DEFAULT_PASSES = ("canonicalize", "fuse", "fold-linear-blocks")
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class PassRecord:
     fired: dict[str, int] = field(default_factory=dict)  # rewrites by rule name
     tolerance: float = 0.0  # the relative output error the pass declares it may add
     max_rel_error: float | None = None  # set by --verify-each
+    report: RuleReport | None = None  # from a pass that `explains`
 
     def progress_line(self) -> str:
         """One line for the progress log: what changed, the counts before and after, the time."""
@@ -185,6 +193,7 @@ def run_pipeline(
     specs: list[PassSpec],
     *,
     verify_each: bool = False,
+    explain: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[PassRecord]:
     """Runs the ONNX-level passes of `specs` in order on `model` (in place) and records each one
@@ -193,6 +202,7 @@ def run_pipeline(
     With `verify_each`, the model is run under onnxruntime before the first pass and after every
     pass on the same random inputs; a pass whose output error exceeds its declared tolerance plus
     float rounding fails the build. Input shapes must be bound (static) before this runs.
+    With `explain`, passes that explain themselves also record their near misses.
     """
     inputs: dict[str, np.ndarray] = {}
     reference: dict[str, np.ndarray] = {}
@@ -204,6 +214,7 @@ def run_pipeline(
         if spec.stage != ONNX_STAGE:
             continue
         instance = spec.instantiate()
+        instance.explain = explain and instance.explains
         before = model_stats(model)
         start = time.perf_counter()
         try:
@@ -232,7 +243,18 @@ def run_pipeline(
         options = dataclasses.asdict(instance.options)
         fired = dict(sorted(instance.fired.items()))
         records.append(
-            PassRecord(spec.name, options, result.modified, seconds, before, after, fired, tolerance, max_rel)
+            PassRecord(
+                spec.name,
+                options,
+                result.modified,
+                seconds,
+                before,
+                after,
+                fired,
+                tolerance,
+                max_rel,
+                instance.report,
+            )
         )
         progress(records[-1].progress_line())
     return records

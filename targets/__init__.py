@@ -2,7 +2,8 @@
 
 A file gives the TVM target dict, the C++ toolchain that links and builds the runner, the wheel
 platform that supplies the target's TVM runtime libraries, an emulator command (for targets the
-host cannot run natively), the default thread count and the default pass list.
+host cannot run natively), the default thread count, and a pass list where the target's differs from
+passc's default (`passc.pipeline.DEFAULT_PASSES`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 from passc.errors import PasscError, UsageError
+from passc.pipeline import DEFAULT_PASSES
 
 __all__ = ["Target", "get_target", "all_targets"]
 
@@ -28,7 +30,7 @@ class Target:
     device: str  # "cpu", "gpu" or "npu"
     arch: str  # the ISA its binaries are built for, as `uname -m` prints it
     threads: int
-    default_passes: tuple[str, ...]
+    default_passes: tuple[str, ...]  # the file's `default_passes`, else DEFAULT_PASSES
     tvm: dict[str, Any]
     cxx: str
     cxx_apt_package: str
@@ -69,7 +71,7 @@ def _parse(name: str, data: dict[str, Any]) -> Target:
             device=data["device"],
             arch=data["arch"],
             threads=int(data["threads"]),
-            default_passes=tuple(data["default_passes"]),
+            default_passes=tuple(data.get("default_passes", DEFAULT_PASSES)),
             tvm=dict(data["tvm"]),
             cxx=toolchain["cxx"],
             cxx_apt_package=toolchain["apt_package"],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from passc.atomic import atomic_file
+from passc.atomic import atomic_file, atomic_files
 
 
 def _mode(path: Path) -> int:
@@ -44,3 +44,20 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         raise RuntimeError("interrupted")
     assert final.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["records.json"]
+
+
+def test_files_written_together_appear_together_or_not_at_all(tmp_path: Path) -> None:
+    model, data = tmp_path / "m.onnx", tmp_path / "m.onnx.data"
+    with pytest.raises(RuntimeError), atomic_files(data, model) as tmp:
+        (tmp / data.name).write_text("tensors")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+    model.write_text("old model")
+    model.chmod(0o640)
+    with atomic_files(data, model) as tmp:
+        (tmp / data.name).write_text("tensors")
+        (tmp / model.name).write_text("model")
+    assert (model.read_text(), data.read_text()) == ("model", "tensors")
+    assert _mode(model) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]

@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from passc.passes.canonicalize import Canonicalize
-from passc.passes.fuse import RULE_NAMES, Fuse, collect_reports
+from passc.passes.fuse import RULE_NAMES, Fuse
 
 from passc import UsageError, oracle
 from passc.loading import bind_input_shapes, load_model
@@ -81,13 +81,12 @@ def explain(proto: onnx.ModelProto, **options):
     """Runs fuse collecting near misses; returns (modified, fired, near misses)."""
     model = ir.from_proto(proto)
     before = ir.to_proto(model).SerializeToString(deterministic=True)
-    with collect_reports(explain=True) as reports:
-        fuse = Fuse(Fuse.Options(**options))
-        result = fuse(model)
-    (report,) = reports
+    fuse = Fuse(Fuse.Options(**options))
+    fuse.explain = True
+    result = fuse(model)
     if not result.modified:
         assert ir.to_proto(model).SerializeToString(deterministic=True) == before
-    return result.modified, dict(fuse.fired), report.near_misses
+    return result.modified, dict(fuse.fired), fuse.report.near_misses
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
+from importlib import resources
 from pathlib import Path
 
 import onnx_ir as ir
@@ -10,7 +12,7 @@ import pytest
 
 from passc import PasscError, PasscPass, UsageError, register_pass
 from passc.loading import bind_input_shapes, load_model
-from passc.pipeline import PassSpec, build_pipeline, run_pipeline
+from passc.pipeline import DEFAULT_PASSES, PassSpec, build_pipeline, run_pipeline
 
 
 @register_pass("test-scale-weights")
@@ -35,6 +37,14 @@ def test_default_pipeline_starts_with_canonicalize() -> None:
     assert [s.name for s in specs] == ["canonicalize", "test-scale-weights"]
     specs = build_pipeline((), passes=["test-scale-weights", "canonicalize"])
     assert [s.name for s in specs] == ["canonicalize", "test-scale-weights", "canonicalize"]
+
+
+def test_a_target_runs_the_default_passes_unless_its_file_names_its_own() -> None:
+    from passc.targets import _parse, all_targets
+
+    assert {t.default_passes for t in all_targets().values()} == {DEFAULT_PASSES}
+    host = tomllib.loads((resources.files("passc.targets") / "host.toml").read_text())
+    assert _parse("custom", {**host, "default_passes": ["fuse"]}).default_passes == ("fuse",)
 
 
 def test_pass_options_from_the_command_line() -> None:

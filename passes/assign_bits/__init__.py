@@ -25,10 +25,10 @@ from passc.passes.assign_bits.quantize import INTEGER_WIDTHS, Scheme, view_shape
 from passc.passes.assign_bits.sensitivity import METRICS, Probe, distortion
 from passc.targets import get_target
 
-from passc import oracle
-from passc.bundle import cache_dir
+from passc import cache_dir, oracle
 from passc.errors import UsageError
-from passc.pass_base import RUNTIME_PARAMS_KEY, PasscPass
+from passc.graph import onnx_opset
+from passc.pass_base import BIT_WIDTHS_KEY, RUNTIME_PARAMS_KEY, PasscPass
 from passc.registry import register_pass
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BIT_WIDTHS_KEY = "passc.bit_widths"  # JSON {layer: width}, float layers at 32
 ASSIGNMENT_KEY = "passc.assignment"  # JSON {method, objective (Σ Ω), totals per budget kind, gap}
 WIDTHS = (*INTEGER_WIDTHS, 16, 32)
 
@@ -252,7 +251,7 @@ class AssignBits(PasscPass):
         assigned = self._assigned(layers) if layers else []
         if not assigned:
             return ir.passes.PassResult(model, modified=False)
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = onnx_opset(model)
         if opset < MIN_OPSET:
             raise UsageError(
                 f"assign-bits: the decode graph needs opset ≥ {MIN_OPSET}; the model has {opset}"

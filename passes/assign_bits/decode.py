@@ -25,7 +25,8 @@ import numpy as np
 import onnx_ir as ir
 from passc.passes.assign_bits.layers import Layer
 from passc.passes.assign_bits.quantize import Scheme, container_bits, pack, quantize
-from passc.passes.fuse._common import unused_initializer_name
+
+from passc.graph import unused_initializer_name
 
 __all__ = ["MIN_OPSET", "realise"]
 

@@ -29,9 +29,10 @@ class FoldLinearBlocks(PasscPass):
     """Folds chains and sums of linear ops (conv → 1×1 conv, BatchNorm, residual, MatMul chains) into one op.
 
     Math (A then B, both convolutions, B 1×1):  W[o,c,:] = Σ_p W_B[o,p] · W_A[p,c,:],  b = W_B·b_A + b_B.
-    BatchNorm: W ← W·γ/√(σ²+ε), b ← (b − μ)·γ/√(σ²+ε) + β.  A residual Add of the block input adds 1 at
-    the centre tap of W[o,o]; parallel branches add their kernels tap by tap; k×k chains compose into
-    the full convolution of their kernels.  MatMul chains: W = W1·W2, b = b1·W2 + b2.
+    BatchNorm: W ← W·s, b ← b·s + t with (s, t) from `passc.graph.batchnorm_affine`.  A residual Add of
+    the block input adds 1 at the centre tap of W[o,o]; parallel branches add their kernels tap by tap;
+    k×k chains compose into the full convolution of their kernels.  MatMul chains: W = W1·W2,
+    b = b1·W2 + b2.
     Exact in real arithmetic (tolerance 0); it never folds across a non-linearity, through a tensor
     with a second consumer, or where padding, stride or grouping would make the result differ.
     """

@@ -15,7 +15,9 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter.rules.common._fuse_batchnorm import FuseBatchNormIntoConv
 from passc.passes.fold_linear_blocks.conv_math import ConvMap
-from passc.passes.fold_linear_blocks.rule_support import FoldRule, constant
+from passc.passes.fold_linear_blocks.rule_support import FoldRule
+
+from passc.graph import batchnorm_affine, constant
 
 __all__ = ["FoldBatchNormIntoConv", "FoldBranchSum", "FoldConvIntoConv"]
 
@@ -53,8 +55,9 @@ def conv_map(node: ir.Node) -> ConvMap | str:
     )
 
 
-def batchnorm_affine(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | str:
-    """(scale, shift) of an inference BatchNormalization: y = scale·x + shift per channel."""
+def batchnorm_map(node: ir.Node, rank: int) -> ConvMap | str:
+    """An inference BatchNormalization as a 1×…×1 `ConvMap` of `rank` spatial dims, or why it cannot be
+    folded."""
     if node.op_type != "BatchNormalization" or len(node.outputs) != 1:
         return "not an inference BatchNormalization"
     if node.attributes.get_int("training_mode", 0):
@@ -62,9 +65,7 @@ def batchnorm_affine(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | str:
     params = [constant(v) for v in node.inputs[1:5]]
     if any(p is None for p in params):
         return f"batchnorm {node.name!r} has parameters that are not constants"
-    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-    scale = gamma / np.sqrt(var + node.attributes.get_float("epsilon", 1e-5))
-    return scale, beta - mean * scale
+    return ConvMap.channel_affine(*batchnorm_affine(node, *params), rank)
 
 
 class FoldBatchNormIntoConv(FuseBatchNormIntoConv):
@@ -161,8 +162,7 @@ class FoldBranchSum(_ConvFoldRule):
             return ConvMap.identity(like.weight.shape[0], like.rank, like.weight.dtype)
         if self.branch == "Conv":
             return conv_map(right.producer())
-        affine = batchnorm_affine(right.producer())
-        return affine if isinstance(affine, str) else ConvMap.channel_affine(*affine, like.rank)
+        return batchnorm_map(right.producer(), like.rank)
 
     def check(self, context, x, left: ir.Value, out: ir.Value, right: ir.Value | None = None) -> MatchResult:
         first = conv_map(left.producer())

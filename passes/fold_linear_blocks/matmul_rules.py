@@ -15,7 +15,9 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
-from passc.passes.fold_linear_blocks.rule_support import FoldRule, constant
+from passc.passes.fold_linear_blocks.rule_support import FoldRule
+
+from passc.graph import constant
 
 __all__ = ["FoldBiasedMatMulChain", "FoldGemmChain", "FoldMatMulChain", "MergeChainBiases"]
 

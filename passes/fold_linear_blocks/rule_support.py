@@ -7,9 +7,10 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
-from passc.passes.fuse._common import constant, fresh_initializer
 
-__all__ = ["FoldRule", "constant"]
+from passc.graph import fresh_initializer
+
+__all__ = ["FoldRule"]
 
 
 class FoldRule(RewriteRuleClassBase):

@@ -1,25 +1,25 @@
-"""What the fuse rules share: reading constants, shapes, axes and opsets, and naming new initializers."""
+"""What the fuse rules share: reading scalars, shapes and axes, matching and explaining.
+
+Constants, opsets and new initializers come from `passc.graph`, which other pass families use too.
+"""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from passc.graph import constant
+
 __all__ = [
     "FLOAT_TYPES",
-    "constant",
     "scalar",
     "is_scalar",
-    "onnx_opset",
     "dims",
     "static_shape",
     "same_dim",
     "axes_of",
-    "fresh_initializer",
-    "unused_initializer_name",
     "either",
     "fail",
     "describe",
@@ -27,15 +27,6 @@ __all__ = [
 
 # The element types whose ops (Conv, Gemm, LayerNormalization, Gelu, …) onnxruntime's CPU EP runs.
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.DOUBLE})
-
-
-def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array when it is fixed: an initializer that is not also a graph input (which a
-    caller may override), or the output of a Constant node. None otherwise."""
-    if value is None or value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
 
 
 def scalar(value: ir.Value | None) -> float | None:
@@ -50,11 +41,6 @@ def is_scalar(value: ir.Value | None, expected: float, rel: float = 1e-6) -> boo
     """True when `value` is a one-element constant equal to `expected` up to float32 rounding."""
     got = scalar(value)
     return got is not None and math.isclose(got, expected, rel_tol=rel, abs_tol=0.0)
-
-
-def onnx_opset(model: ir.Model) -> int:
-    """The model's default-domain opset version (0 when it imports none)."""
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
 def dims(value: ir.Value | None) -> tuple | None:
@@ -92,24 +78,6 @@ def axes_of(node: ir.Node, input_index: int = 1) -> list[int] | None:
         return None if array is None else [int(a) for a in array.reshape(-1)]
     attr = node.attributes.get("axes")
     return [] if attr is None else [int(a) for a in attr.as_ints()]
-
-
-def fresh_initializer(op, graph: ir.Graph | ir.Function, array: np.ndarray, base: str) -> ir.Value:
-    """A new initializer named `base` (or `base_1`, …: never one the graph already has).
-
-    (In a function, which has no initializers, the rewriter drops the rewrite that asks for one.)"""
-    name = unused_initializer_name(graph, base)
-    return op.initializer(ir.tensor(array, name=name), name=name)
-
-
-def unused_initializer_name(graph: ir.Graph | ir.Function, base: str) -> str:
-    """`base`, or `base_1`, `base_2`, …: the first name the graph has no initializer called."""
-    taken = getattr(graph, "initializers", {})
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    return name
 
 
 def either(make, a, b):

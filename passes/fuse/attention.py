@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 from onnxscript.rewriter import pattern
-from passc.passes.fuse._common import FLOAT_TYPES, dims, fail, fresh_initializer, onnx_opset, same_dim, scalar
+from passc.passes.fuse._common import FLOAT_TYPES, dims, fail, same_dim, scalar
+
+from passc.graph import fresh_initializer, onnx_opset
 
 __all__ = ["attention_rules"]
 

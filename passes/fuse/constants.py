@@ -21,7 +21,9 @@ import math
 import numpy as np
 import onnx_ir as ir
 from onnxscript.optimizer import fold_constants_ir
-from passc.passes.fuse._common import constant, describe
+from passc.passes.fuse._common import describe
+
+from passc.graph import constant
 
 __all__ = ["CONSTANTS", "fold_small_constants"]
 

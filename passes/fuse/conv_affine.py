@@ -3,7 +3,7 @@
 A per-output-channel map y ↦ y·s + t after  y = W ⊛ x + b  is the same conv with
     W'[o, …] = W[o, …] · s[o]   (ConvTranspose: the output channel is axis 1 of W, per group)
     b'[o]    = b[o] · s[o] + t[o]
-BatchNormalization (inference) is that map with  s = γ / √(var + ε),  t = β − mean · s;
+BatchNormalization (inference) is that map with (s, t) = `passc.graph.batchnorm_affine`;
 a Mul by a per-channel constant is (s, 0), an Add is (1, t). Conv→Mul→Add folds in two steps.
 Exact up to float rounding (the products are reassociated); the folded constants are computed in
 float64 and rounded once.
@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
-from passc.passes.fuse._common import FLOAT_TYPES, constant, fail, fresh_initializer
+from passc.passes.fuse._common import FLOAT_TYPES, fail
+
+from passc.graph import batchnorm_affine, constant, fresh_initializer
 
 __all__ = ["conv_affine_rules"]
 
@@ -88,10 +90,7 @@ class _ConvAffine(pattern.RewriteRuleClassBase):
                 return fail(f"BatchNormalization input {value.name!r} is not a constant", bn)
             if array.shape != (channels,):
                 return fail(f"BatchNormalization input {value.name!r} has shape {array.shape}", bn)
-        gamma, beta, mean, var = (a.astype(np.float64) for a in params)
-        epsilon = bn.attributes.get_float("epsilon", 1e-5)
-        scale = gamma / np.sqrt(var + epsilon)
-        return scale, beta - mean * scale
+        return batchnorm_affine(bn, *params)
 
     def _mul_or_add(self, node: ir.Node, operand: ir.Value, out_rank: int, channels: int):
         array = constant(operand)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -13,39 +10,18 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRuleSet
 from passc.passes.fuse.constants import fold_small_constants
 from passc.passes.fuse.rules import CONSTANTS, IDENTITY, RULE_NAMES, RuleEntry, catalogue
-from passc.passes.fuse.tracing import FuseReport, Match, NearMissTracer, RecordingRule
+from passc.passes.fuse.tracing import NearMissTracer, RecordingRule
 
 from passc.errors import PasscError
+from passc.explain import Match, RuleReport
 from passc.pass_base import PasscPass
 from passc.registry import register_pass
 
-__all__ = ["Fuse", "collect_reports"]
+__all__ = ["Fuse"]
 
 logger = logging.getLogger(__name__)
 
 _ATTENTION_FORMS = ("decomposed", "onnx")
-
-
-@dataclass
-class _Sink:
-    explain: bool
-    reports: list[FuseReport] = field(default_factory=list)
-
-
-_SINK: contextvars.ContextVar[_Sink | None] = contextvars.ContextVar("passc_fuse_sink", default=None)
-
-
-@contextlib.contextmanager
-def collect_reports(*, explain: bool = False) -> Iterator[list[FuseReport]]:
-    """Collects the report of every fuse run inside the block (with near misses if `explain`).
-
-    This is how `passc optimize` prints what fired without the pipeline knowing about rules."""
-    sink = _Sink(explain)
-    token = _SINK.set(sink)
-    try:
-        yield sink.reports
-    finally:
-        _SINK.reset(token)
 
 
 @register_pass("fuse")
@@ -57,9 +33,11 @@ class Fuse(PasscPass):
     then removes Identity nodes; rounds repeat until none fires. Each rule keeps
     the model standard ONNX at its own opset that onnxruntime's CPU EP and TVM's Relax frontend
     both run. Exact up to float rounding: folds reassociate products (Conv+BN, Conv+Mul).
-    `self.fired` (rule → count, in the pass log) and `self.report` (where each rule matched) tell
-    what the last run did.
+    `self.fired` (rule → count, in the pass log) and `self.report` (where each rule matched, and with
+    `explain` why near misses did not) tell what the last run did.
     """
+
+    explains = True
 
     @dataclass(frozen=True, kw_only=True)
     class Options:
@@ -89,13 +67,13 @@ class Fuse(PasscPass):
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        self.report = FuseReport(fired=self.fired)
+        self.report = RuleReport(fired=self.fired)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         selected = set(self.options.rules or RULE_NAMES) - set(self.options.exclude)
         entries = [e for e in catalogue(self.options.attention).values() if e.name in selected]
         self.fired.clear()
-        report = self.report = FuseReport(fired=self.fired)
+        report = self.report = RuleReport(fired=self.fired)
         snapshot = _Snapshot(model)
         created: set[ir.Node] = set()
         originals = {n for n in ir.traversal.RecursiveGraphIterator(model.graph) if _is_identity(n)}
@@ -114,8 +92,7 @@ class Fuse(PasscPass):
             logger.warning("fuse: still changing after %d rounds", self.options.max_rounds)
         if self.options.onnxruntime_ops:
             report.fired.update(_onnxruntime_fusions(model))
-        sink = _SINK.get()
-        if sink is not None and sink.explain:
+        if self.explain:
             _infer_shapes(model, snapshot)
             report.near_misses.extend(_near_misses(model, entries, created))
         if report.fired:
@@ -125,13 +102,11 @@ class Fuse(PasscPass):
                 logger.debug("fuse: %s replaced %s", match.rule, ", ".join(match.nodes))
         else:
             snapshot.restore()  # shapes inferred to check the rules are not the pass's to keep
-        if sink is not None:
-            sink.reports.append(report)
         return ir.passes.PassResult(model, modified=bool(report.fired))
 
     @staticmethod
     def _round(
-        model: ir.Model, entries: list[RuleEntry], report: FuseReport, snapshot: _Snapshot, created: set
+        model: ir.Model, entries: list[RuleEntry], report: RuleReport, snapshot: _Snapshot, created: set
     ) -> int:
         """Applies each rule once over the graph; returns how many rewrites were made."""
         _infer_shapes(model, snapshot)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 
 from onnxscript.rewriter import pattern
-from passc.passes.fuse._common import either, fail, onnx_opset
+from passc.passes.fuse._common import either, fail
+
+from passc.graph import onnx_opset
 
 __all__ = ["gelu_rules"]
 

@@ -10,7 +10,9 @@ bias would be silently broadcast away) and matches only Add(MatMul, C), not Add(
 from __future__ import annotations
 
 from onnxscript.rewriter import pattern
-from passc.passes.fuse._common import FLOAT_TYPES, dims, fail, onnx_opset, same_dim
+from passc.passes.fuse._common import FLOAT_TYPES, dims, fail, same_dim
+
+from passc.graph import onnx_opset
 
 __all__ = ["gemm_rules"]
 

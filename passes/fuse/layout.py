@@ -20,7 +20,9 @@ from onnxscript.rewriter.rules.common import (
     transpose_transpose_rule,
     unsqueeze_unsqueeze_rule,
 )
-from passc.passes.fuse._common import axes_of, constant, dims, fail, fresh_initializer, same_dim, static_shape
+from passc.passes.fuse._common import axes_of, dims, fail, same_dim, static_shape
+
+from passc.graph import constant, fresh_initializer
 
 __all__ = ["layout_rules"]
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter.rules.common import no_op_cast_rule, no_op_expand_rule
-from passc.passes.fuse._common import constant, dims, fail, onnx_opset
+from passc.passes.fuse._common import dims, fail
+
+from passc.graph import constant, onnx_opset
 
 __all__ = ["no_op_rules"]
 

@@ -18,18 +18,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
-from passc.passes.fuse._common import (
-    axes_of,
-    constant,
-    dims,
-    either,
-    fail,
-    fresh_initializer,
-    is_scalar,
-    onnx_opset,
-    same_dim,
-    scalar,
-)
+from passc.passes.fuse._common import axes_of, dims, either, fail, is_scalar, same_dim, scalar
+
+from passc.graph import constant, fresh_initializer, onnx_opset
 
 __all__ = ["normalization_rules"]
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 
 from onnxscript.rewriter import pattern
-from passc.passes.fuse._common import constant, fail, scalar
+from passc.passes.fuse._common import fail, scalar
+
+from passc.graph import constant
 
 __all__ = ["pad_rules"]
 

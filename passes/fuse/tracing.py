@@ -1,4 +1,4 @@
-"""What the fuse pass records: which rules fired, where they matched, why near misses were rejected.
+"""How the fuse pass fills its `passc.explain.RuleReport`: where rules matched, why near misses were rejected.
 
 Matches are recorded by wrapping each onnxscript rule (`RecordingRule`); near misses come from
 onnxscript's tracer hook (`MatchingTracer.log`), which sees every attempted match with its status
@@ -7,44 +7,15 @@ and the reason a `check()` gave.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-
 import onnx_ir as ir
 from onnxscript.rewriter import MatchingTracer, MatchResult, MatchStatus, RewriteRule
 from passc.passes.fuse._common import describe
 
-__all__ = ["Match", "NearMiss", "FuseReport", "RecordingRule", "NearMissTracer"]
+from passc.explain import Match, NearMiss
+
+__all__ = ["RecordingRule", "NearMissTracer"]
 
 _OTHER_USES = "other uses"
-
-
-@dataclass(frozen=True)
-class Match:
-    rule: str
-    nodes: tuple[str, ...]  # the nodes the rule replaced, its root (last op) first
-
-
-@dataclass(frozen=True)
-class NearMiss:
-    rule: str
-    nodes: tuple[str, ...]  # the nodes that matched the pattern, its root (last op) first
-    reason: str
-
-
-@dataclass
-class FuseReport:
-    """One run of the fuse pass."""
-
-    fired: Counter[str] = field(default_factory=Counter)
-    matches: list[Match] = field(default_factory=list)
-    near_misses: list[NearMiss] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """`rule xN, …` in firing order, or `nothing fired`."""
-        if not self.fired:
-            return "nothing fired"
-        return ", ".join(f"{rule} x{count}" for rule, count in self.fired.items())
 
 
 class RecordingRule:
