@@ -25,15 +25,12 @@ __all__ = ["ALIGNMENT", "HostModule", "aligned_empty", "kernel_times", "measure_
 class HostModule:
     """A model.so for this machine, loaded through TVM's runtime; call its functions with numpy.
 
-    `params` maps a function to the runtime parameters it takes after its inputs. They are copied
-    into TVM tensors once, here, not on every call (ResNet-18's 47 MB of weights cost ~4 ms a copy).
-
-    An input that is 64-byte aligned (what TVM's kernels assume) and writable (DLPack has no
-    read-only flag; the kernels only read it) is passed without a copy; any
-    other is copied into a buffer kept for that input, allocated on the first call. A new TVM
-    tensor per call costs its allocation, the page faults of fresh memory and the copy: 35-70 µs
-    for a 224² image, 2% of MobileNetV3's run. Outputs are copied into new numpy arrays. Calls
-    are serialised (the buffers and TVM's VM are shared between them).
+    `params` maps a function to the runtime parameters it takes after its inputs; they are copied
+    into TVM tensors once, here, not on every call. An input that is 64-byte aligned (what TVM's
+    kernels assume) and writable (DLPack has no read-only flag; the kernels only read it) is
+    passed without a copy; any other is copied into a buffer kept for that input, allocated on
+    the first call (a new TVM tensor per call costs an allocation and fresh pages). Outputs are
+    copied into new numpy arrays. Calls are serialised: the buffers and TVM's VM are shared.
     """
 
     def __init__(self, path: Path, params: dict[str, list[np.ndarray]] | None = None) -> None:
