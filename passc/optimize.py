@@ -14,8 +14,9 @@ from typing import Any
 import onnx_ir as ir
 
 from passc.atomic import atomic_files
+from passc.errors import UsageError
 from passc.loading import bind_input_shapes, load_model
-from passc.pipeline import DEFAULT_PASSES, PassRecord, build_pipeline, run_pipeline
+from passc.pipeline import DEFAULT_PASSES, PassRecord, build_pipeline, relax_specs, run_pipeline
 from passc.registry import load_plugin
 from passc.stats import ModelStats, model_stats
 
@@ -57,6 +58,12 @@ def optimize_model(
         load_plugin(plugin)
     pipeline_path = Path(pipeline_file) if pipeline_file is not None else None
     specs = build_pipeline(DEFAULT_PASSES, passes, pass_options, pipeline_path)
+    relax = relax_specs(specs)
+    if relax:
+        raise UsageError(
+            f"pass {relax[0].name!r} runs on TVM's Relax module; passc optimize writes ONNX and "
+            "runs ONNX passes only (use it with passc compile)"
+        )
     progress(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
     loaded = load_model(model)
     if input_shapes:

@@ -228,6 +228,13 @@ def test_onnx_pass_after_a_relax_pass_is_a_usage_error(tmp_path: Path) -> None:
         )
 
 
+def test_optimize_refuses_a_relax_pass(run_cli, tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    status, _, err = run_cli("optimize", EXAMPLE, "-o", out, "--passes", "canonicalize,add-argmax")
+    assert status == 2 and "runs on TVM's Relax module" in err
+    assert not out.exists()
+
+
 def test_a_relax_pass_may_not_change_an_entry_points_parameters(tmp_path: Path) -> None:
     from passc import RelaxPass, RelaxPassResult, register_pass
 
