@@ -151,13 +151,13 @@ def reduction_chunk(channels: int, channel_bytes: int, budget: int, spec: CPUSpe
 
 
 def vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec, bands: int = 1) -> None:
-    """A spatial block as one parallel loop over vectors of `lanes`. When the innermost extent is
-    a multiple of `lanes` it splits into vectors and every loop outside fuses, so only the
-    innermost index depends on the lane: a condition on an outer axis (a concat's, on channels)
-    stays one branch per vector, where a split of all loops fused made it a per-lane select that
-    loads from both inputs (two 16×256² inputs concatenated, 1 thread: 1.81 -> 1.53 ms; two
-    32×64²: 324 -> 232 µs). With `bands`, an NCHW block whose rows they divide cuts its rows into
-    that many bands first (`PackedConv`'s pad).
+    """A spatial block as one parallel loop over vectors of `lanes`.
+
+    When the innermost extent is a multiple of `lanes` it splits into vectors and every loop
+    outside fuses, so only the innermost index depends on the lane: a condition on an outer axis
+    (a concat's, on channels) stays one branch per vector, not a per-lane select that loads from
+    both inputs. With `bands`, an NCHW block whose rows they divide cuts its rows into that many
+    bands first (`PackedConv`'s pad).
 
     Otherwise the outer loops fuse and no vector crosses rows (it would need per-lane division to
     index). A long row (at least `_LLVM_ROW` vectors) is left to LLVM's loop vectorizer. A short
@@ -165,10 +165,7 @@ def vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec, bands: int = 
     fused outer loop instead, with gathers and scatters. So a short row whose accesses all step
     by one element along it (`_unit_stride`: a split, a concat, a pad; not an upsample's x // 2)
     takes vectors of its largest power-of-two divisor up to `lanes` (8 of 40 and 56, 4 of 28, 2
-    of 14), and any other is left as it was. Measured on AVX-512, one thread, against the row
-    left to LLVM: channel splits of 64×40² 80 -> 22 µs (17 µs unscheduled), 64×28² 36 -> 10 µs,
-    192×14² 28 -> 7 µs; two 64×56² concatenated 170 -> 124 µs (100 -> 78 µs at two threads). In
-    YOLOv8n-style's C2f blocks, its two largest splits 125 -> 50 and 90 -> 34 µs."""
+    of 14), and any other is left as it was."""
     loops = sch.get_loops(block)
     extents = [int(sch.get(loop).extent) for loop in loops]
     total = math.prod(extents)

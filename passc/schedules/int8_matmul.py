@@ -42,10 +42,8 @@ so every kernel equals onnxruntime's result bit for bit.
    products 16 bytes at a time: `sdot` on Armv8.2+dotprod (rpi5) for int8 rows, `vpmaddwd` on
    AVX2 / AVX-512 without VNNI (LLVM 22 forms neither `vpdpbusd` nor `smmla` from loops).
 
-`Int8Tiles` and `Int8Dot` (below) schedule them; `passc.schedules.int8_intrinsics`
-holds the two instructions as TIR tensor intrinsics. `bench/int8.py`, one thread, AVX-512 VNNI,
-BERT's 128 × 768 × 768 per call: `vpdpbusd` tiles 0.33 ms, dot products 3.9 ms, onnxruntime's
-MatMulInteger 4.2 ms on int8 rows and 0.07 ms on uint8 ones, where it uses AMX on this CPU.
+`Int8Tiles` schedules kernels 1 and 2, `Int8Dot` kernel 3; `passc.schedules.int8_intrinsics`
+holds the two instructions as TIR tensor intrinsics.
 """
 
 from __future__ import annotations

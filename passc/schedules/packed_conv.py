@@ -217,32 +217,17 @@ def conv_tile(
     the rest hold the weight vectors and broadcasts). Rows divide the output width, vectors the
     channel blocks: no tail loops.
 
-    With a kernel 2 to 4 wide (3×3), rows come first (`vectors` fills what they leave): adjacent columns share
-    input taps, so wide rows need fewer loads than the count below says (on AVX-512, 7 × 2
-    against 14 × 1: ResNet's 3×3 convs at 56², 1.18× slower; YOLO's at 80², 1.45×; a 3×3
-    stride-2 256 → 512 to 7², 1.22×). A 1×1 conv shares nothing: each step loads `vectors` weight
-    vectors and broadcasts `rows` inputs for rows × vectors multiply-adds, and the tile with the
-    most per load wins, then the one with the most accumulators (7 × 2 against 14 × 1: 576 → 96
-    channels at 14², 249 → 206 µs; a stride-2 1×1 conv 64 → 128 at 56², 792 → 709 µs). Kernels 5
-    or more wide rank the same way as 1×1: ResNet's 7×7 stride-2 stem 1741 → 1387 µs, a 5×5
-    stride-2 conv 32 → 64 to 56² 2185 → 1707, a 5×5 at stride 1 1751 → 1579 (7×7 at stride 1:
-    2917 against 3019, even).
-
-    With `whole_rows` (`PackedConv`: a conv with more weights than input, whose channel blocks
-    run outermost), a 1×1 conv whose row fills more than half the accumulators (8 to 14 columns
-    with 32 registers) takes the whole row and one vector. MobileNetV2's expansions at 14², in
-    the model: 96 → 576 channels 895 → 760 µs and 64 → 384 channels 575 → 508 µs at one thread,
-    542 → 448 and 390 → 312 µs at two. A 1×1 conv with more input than weights keeps the ranking
-    (576 → 96 channels at 14²: 191 µs as 7 × 2, 279 µs as 14 × 1), and so does a row of 7 (160 →
-    960 channels at 7² ran the same as 7 × 1 and 7 × 2).
-
-    A 1×1 conv whose row fills more than half those accumulators and whose `reduction` (input
-    channels) is at least `_LONG_REDUCTION` takes the whole row and two vectors instead, up to
-    registers - 4 accumulators (28 on AVX-512: all but the two weight vectors and two spare), with
-    or without `whole_rows`. On AVX-512, 14 × 2 against the tile above, alone: at 14², 256 → 256
-    channels 184 → 168 µs, 128 → 256 99 → 94, 576 → 96 162 → 149, 384 → 96 103 → 96, 384 → 64 73 →
-    69; with fewer input channels it does not pay (96 → 576 172 → 170, 64 → 384 87 → 91). Rows of
-    7 (7²) keep 2 vectors: 7 × 4 ran 1-4% slower or the same (512 → 512, 960 → 320, 160 → 960)."""
+    - A 1×1 conv whose row fills more than half the accumulators (8 to 14 columns with 32
+      registers) takes the whole row and two vectors when its `reduction` (input channels) is at
+      least `_LONG_REDUCTION`, up to registers - 4 accumulators (28 on AVX-512: all but the two
+      weight vectors and two spare); else, with `whole_rows` (`PackedConv`'s convs with more
+      weights than input, whose channel blocks run outermost), the whole row and one vector.
+    - A kernel 2 to 4 wide (3×3): rows first, then the vectors they leave room for; adjacent
+      columns share input taps, so wide rows need fewer loads than `per_load` counts.
+    - Any other (1×1, or 5 or more wide): each step loads `vectors` weight vectors and
+      broadcasts `rows` inputs for rows × vectors multiply-adds; the tile with the most
+      multiply-adds per load wins, then the one with the most accumulators (`per_load`).
+    """
     budget = max(1, (spec.registers - 4) // 2)
     if kernel_width == 1 and budget // 2 < out_width <= budget:
         if reduction >= _LONG_REDUCTION and 2 * out_width <= spec.registers - 4 and vector_blocks % 2 == 0:
@@ -272,13 +257,8 @@ def weight_chunk(channels: int, channel_bytes: int, spec: CPUSpec) -> int | None
     the L1 data cache, they stay there from one row to the next. When they do not (a 7² map with
     hundreds of input channels), the reduction is cut into chunks of channels whose weights take
     at most a quarter of L1, and each chunk runs over every row before the next: the rows'
-    accumulators go to memory and back between chunks, and the weights come from L1. On
-    AVX-512, in chunks of 64 channels against whole: MobileNetV2's 960 → 320 channels at 7²,
-    258 → 191 µs (weights 120 KB a tile), 320 → 1280 293 → 268 µs (40 KB), 576 → 160 71 → 67 µs
-    (72 KB). Under L1 it does not pay: 160 → 960 (20 KB) 122 → 119 µs alone but slower in the
-    model (3 convs, 421 → 458 µs), and 256 → 256 at 14² (16 KB) 179 → 195 µs. Chunks of 32 or 160
-    channels instead of 64: 320 → 1280 at 278 and 275 µs. Chunks under 16 channels are not worth
-    the accumulators' round trips (None)."""
+    accumulators go to memory and back between chunks, and the weights come from L1. Chunks
+    under 16 channels are not worth the accumulators' round trips (None)."""
     return reduction_chunk(channels, channel_bytes, spec.l1_bytes // 4, spec)
 
 
@@ -300,11 +280,8 @@ class PackedConv(Rule):
     bands first, and so does the pad's copy when the bands divide its rows: each thread takes a
     band of rows of every output channel rather than every row of some channels, so it reads the
     rows that it wrote in the kernel before (in its core's cache) and writes those that it reads
-    in the next. Two threads, ResNet-18, in the model: its 64 → 64 3×3 convs at 56², 3.3 → 2.8 and
-    2.8 → 2.5 ms; the whole model 7–13% faster (MobileNetV2 6–10%, U-Net 9%), one thread within
-    ±2%. With more weights than input (ResNet's 256 and 512 channels at 14² and 7²), each band
-    would read all the weights again (256 → 256 at 14², two threads: 2.4 → 2.8 ms), so those convs
-    keep the channel blocks outermost.
+    in the next. With more weights than input, each band would read all the weights again, so
+    those convs keep the channel blocks outermost.
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:

@@ -15,10 +15,7 @@ panels of C columns, and x at run time into tiles of R rows:
 
 so a tile's K steps read one contiguous run of each. `PackedDense` schedules it, panels outermost
 (a panel stays in cache while every row tile passes over it). R is the row tile of `row_tile`:
-one row needs no tile (a classifier: MobileNetV2's 1280 × 1000 layer, 645 → 220–240 µs on
-AVX-512, onnxruntime 225–265 µs). Measured against TVM's matmul with `Contraction`'s schedule,
-one thread, AVX-512, interleaved with onnxruntime's MatMul + Add: ViT-S's 197 × 384 × 1536
-4.4 → 1.6 ms (onnxruntime 1.5–1.8), BERT's 128 × 3072 × 768 13.8 → 4.3 ms (onnxruntime 4.1).
+one row needs no tile (a classifier).
 
 The legalization (`passc.schedules.legalize`) takes a float matmul whose second operand is a
 constant matrix; every other matmul legalizes as TVM's own.

@@ -15,21 +15,8 @@ epilogue writes it back, so the kernel pays two transposes (B, and the epilogue'
 vector-wide reduction.
 
 The transposes cost about what a 3×3 kernel's nine taps save, so only kernels of at least
-`MIN_TAPS` taps on outputs at most `MAX_WIDTH` columns wide take this legalization (measured on
-AVX-512, one thread, against TVM's depthwise conv with passc's default schedule:
-
-    | conv (channels @ input, kernel, stride) | NCHW | channel blocks |
-    |---|---|---|
-    | 576 @ 7², 5×5, 1       | 84 µs  | 34 µs  |
-    | 288 @ 14², 5×5, 2      | 79 µs  | 32 µs  |
-    | 240 @ 14², 5×5, 1      | 78 µs  | 46 µs  |
-    | 96 @ 28², 5×5, 2       | 69 µs  | 40 µs  |
-    | 96 @ 28², 5×5, 1       | 76 µs  | 69 µs  |
-    | 96 @ 56², 5×5, 1       | 259 µs | 293 µs |
-    | 384 @ 14², 3×3, 1      | 47 µs  | 56 µs  |
-    | 72 @ 56², 3×3, 2       | 75 µs  | 120 µs |
-
-). Every other depthwise conv legalizes as TVM's own.
+`MIN_TAPS` taps on outputs at most `MAX_WIDTH` columns wide take this legalization; every other
+depthwise conv legalizes as TVM's own.
 """
 
 from __future__ import annotations
@@ -68,7 +55,7 @@ PACKED_DEPTHWISE = "depthwise_conv2d_nchw_packed"
 DEPTHWISE_BLOCKS = "depthwise_input_blocks"
 # Kernels with fewer taps keep NCHW: the two transposes cost more than the vectors save (3×3).
 MIN_TAPS = 25
-# Outputs wider than this keep NCHW: their rows fill whole vectors (96 @ 56², 5×5: 259 vs 293 µs).
+# Outputs wider than this keep NCHW: their rows fill whole vectors.
 MAX_WIDTH = 28
 
 

@@ -89,8 +89,7 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
     accumulators, plus the `vectors` input vectors each step loads, fill at most `registers - 1`
     registers (the weight is a broadcast operand of the multiply-add). The tile with the most
     multiply-adds per load, rows · vectors / (rows + vectors), wins, then the one with the most
-    accumulators: on AVX-512, 16→96 channels at 112² runs 1.8× faster as 3 rows × 7 vectors
-    (2.1 per load) than as 24 rows × 1 vector (0.96 per load), which saturates the load ports.
+    accumulators (`per_load`): many rows of one vector would saturate the load ports.
     """
     options = []
     for lanes in (spec.lanes, spec.lanes // 2):
@@ -108,8 +107,7 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
 
 
 # An expanding pointwise conv whose output is larger than this writes a few output planes at a
-# time: MobileNetV2's 16→96 channels at 112² (4.8 MB) took 1.7 ms writing all 96 planes a row at a
-# time, 0.9 ms a plane at a time; convs whose input is the larger re-read it less pixel-major.
+# time; convs whose input is the larger re-read it less pixel-major.
 _STREAMED_OUTPUT = 1 << 20
 
 
@@ -128,10 +126,7 @@ class PointwiseConv(Rule):
     not stay in L1, the reduction runs in chunks of input channels whose pixels fill at most L1,
     each for every output channel before the next (`parallel(n · pixels/(vectors·lanes) · 2) · i/chunk
     · o/(2·rows) · chunk · ...`: halves of the output channels in parallel, so that two threads
-    balance over a plane of 7 tiles). On AVX-512, one thread, alone: 128 → 128 channels at 28²
-    (57 KB of pixels a tile) 278 → 226 µs, 192 → 32 at 28² 107 → 92, 144 → 24 at 28² 47 → 41 and
-    at 56² 346 → 322; in the model, PP-LCNet's 128 → 128 at 28² 237 → 198 µs (two threads, 144 →
-    125), PP-LCNet 1.5% faster, MobileNetV2 1-2% at one thread, YOLOv8n-style within noise.
+    balance over a plane of 7 tiles).
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:

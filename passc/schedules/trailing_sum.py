@@ -21,19 +21,17 @@ class TrailingSum(Rule):
     mean over H×W (NCHW), with its epilogue (the division).
 
     Summed in place, each output is one chain of dependent scalar adds (4 cycles each), and no
-    loop is vectorized: MobileNetV3's squeeze-excite pool over 16×56² took 39 µs. Here the
-    reduced axes fuse into one loop of length L, split by P lanes (a vector, or half of one, that
-    divides L at least twice), and `rfactor` gives P partials:
+    loop is vectorized. Here the reduced axes fuse into one loop of length L, split by P lanes (a
+    vector, or half of one, that divides L at least twice), and `rfactor` gives P partials:
 
         part[s, j] = ⊕_{c < L/P} x[s, c·P + j]     (one vector per s, j < P)
         y[s]       = ⊕_{j < P} part[s, j]
 
     The order of the additions changes, not what is added (rounding only). The loops over s run
     in parallel when there is enough work; each s finishes (its P partials, then the epilogue)
-    before the next. Hot, 1 thread, AVX-512: 16×56² 42 -> 17 µs, 72×28² 41 -> 15. L with no such P
-    (7×7 = 49, 14×14 = 196 with 4-lane partials no faster) is left to `Contraction`. With no s (a
-    max or min over a whole tensor, as DynamicQuantizeLinear takes for its scale) there is one row
-    of partials, then the one output: BERT's 128 × 1024 activations, 150 -> 12 µs in the model.
+    before the next. L with no such P (7×7 = 49) is left to `Contraction`. With no s (a max or
+    min over a whole tensor, as DynamicQuantizeLinear takes for its scale) there is one row of
+    partials, then the one output.
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:

@@ -26,20 +26,15 @@ class WideDepthwise(Rule):
       c, y, x/(vectors·lanes), kh, kw, unroll(vectors), vector(lanes), with `vectors` the largest
       divisor of the row's vectors that leaves 4 registers free. The row's accumulators stay in
       registers through every tap: each tap loads `vectors` input vectors (unaligned, shifted by
-      kw) and broadcasts one weight. On AVX-512, one thread, in PaddleOCR's direction classifier
-      (5×5, 2 and 3 rows of 96 columns, 32 to 200 channels) 20–25% faster per conv than the
-      loop nest below; MobileNetV2's 32 channels at 112², 364 → 339 µs.
+      kw) and broadcasts one weight.
     - Otherwise loops c, y, kh, kw, x with x innermost and not vectorized in TIR, so that LLVM's
       loop vectorizer takes x. At stride 2 it loads the input row as interleaved vectors and
       shuffles (TIR's vectors would gather lane by lane). Each (kh, kw) tap sweeps one output
       row held in cache.
 
-    Measured on AVX-512 against `Contraction`: 2–2.6× faster at 56 and 112 columns, slower at 14
-    and 7 at stride 1 (`WIDE_DEPTHWISE`). At stride 2 it takes narrow outputs too, where
-    `Contraction`'s vectors would gather lane by lane: MobileNetV2's 192 channels from 28² to
-    14², 205 → 81 µs; 576 from 14² to 7², 116 → 73 µs. Max and average pools (loops c, y, x, kh,
-    kw) as wide take the second loop nest: ResNet's 3×3 stride-2 max pool to 56 columns,
-    0.9–1.1 ms → 0.35–0.44 ms (one thread).
+    It takes outputs at least `WIDE_DEPTHWISE` columns wide, and at stride 2 narrow ones too,
+    where `Contraction`'s vectors would gather lane by lane. Max and average pools (loops c, y, x,
+    kh, kw) as wide take the second loop nest.
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
