@@ -696,6 +696,23 @@ def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule:
         assert all(getattr(schedules, rule)().apply(f, target, False) is not None for f in chosen)
 
 
+def test_only_contraction_takes_a_plain_matmul() -> None:
+    """TVM's own matmul (no block of passc's legalizations) is `Contraction`'s: each rule tied to
+    a legalization by its block name declines it, and so do the rules for other shapes."""
+    from tvm import te
+
+    from passc import schedules
+
+    a, b = te.placeholder((32, 64), name="a"), te.placeholder((64, 48), name="b")
+    k = te.reduce_axis((0, 64), "k")
+    y = te.compute((32, 48), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul")
+    func = te.create_prim_func([a, b, y])
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    with target:
+        taken = [r for r in schedules.default_rules()[:-1] if r.apply(func, target, False) is not None]
+    assert [type(r).__name__ for r in taken] == ["Contraction"]
+
+
 def _vectorized_by_elementwise(tensors: list) -> list[int]:
     """The extents of the vectorized loops of block "y" (the TE compute of `tensors`), scheduled
     by `Elementwise` for AVX-512 (16 lanes)."""
