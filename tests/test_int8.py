@@ -105,7 +105,7 @@ def test_int8_matmul_stays_int8_and_takes_the_cpus_kernel(tmp_path: Path) -> Non
     """MatMulInteger's int8 operands reach the kernel as int8 (not widened to int32 first): dot
     products for `Int8Dot` without VNNI, `vpdpbusd` tiles for `Int8Tiles` (rows shifted to
     uint8) with it."""
-    from passc.schedules.rules import INT8_ROWS, INT8_TILES, Int8Dot, Int8Tiles
+    from passc.schedules.int8_matmul import INT8_ROWS, INT8_TILES, Int8Dot, Int8Tiles
 
     path, _ = _int8_matmul(tmp_path)
     for mcpu, rule in (("skylake-avx512", Int8Dot), ("cascadelake", Int8Tiles)):
@@ -166,7 +166,7 @@ def test_int8_matmul_with_a_dequantizing_epilogue_is_one_tiled_kernel(tmp_path: 
     import onnx
     from onnx import helper, numpy_helper
 
-    from passc.schedules.rules import INT8_TILES
+    from passc.schedules.int8_matmul import INT8_TILES
 
     rng = np.random.default_rng(0)
     weight = rng.integers(-128, 128, (96, 48)).astype(np.int8)
@@ -260,7 +260,7 @@ def test_matmul_integer_with_zero_points_matches_onnxruntime_exactly(tmp_path: P
     rows go to `vpdpbusd` unshifted) and the zero point's term after them, where its weight minus
     its zero point fits int8; else TVM's int32 matmul. Either way onnxruntime's result, bit for bit
     (a scalar input too)."""
-    from passc.schedules.rules import INT8_TILES
+    from passc.schedules.int8_matmul import INT8_TILES
 
     path, feeds = _with_zero_points(tmp_path, case)
     scripts = [f.script() for f in legalized_kernels(path, {"kind": "llvm", "mcpu": "cascadelake"}).values()]
@@ -288,7 +288,8 @@ def test_a_dynamically_quantized_model_runs_its_matmuls_in_int8(tmp_path: Path) 
     from onnx import helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from passc.schedules.rules import INT8_TILES, TrailingSum
+    from passc.schedules import TrailingSum
+    from passc.schedules.int8_matmul import INT8_TILES
 
     rng = np.random.default_rng(0)
     first, second = (rng.standard_normal(shape).astype(np.float32) * 0.05 for shape in ((64, 96), (96, 32)))

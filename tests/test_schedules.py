@@ -351,7 +351,7 @@ def test_one_by_one_convs_with_long_reductions_take_two_vectors_of_a_whole_row(
     ],
 )
 def test_weight_chunk(channels: int, channel_bytes: int, chunk: int | None) -> None:
-    from passc.schedules.rules import weight_chunk
+    from passc.schedules.packed_conv import weight_chunk
 
     assert weight_chunk(channels, channel_bytes, CPUSpec(16, 32)) == chunk
 
@@ -371,7 +371,7 @@ def test_one_by_one_convs_whose_operands_leave_l1_reduce_in_chunks(
     """A scheduled 1×1 conv to 96 channels splits its reduction into chunks of input channels (a
     tiling decision in its trace) when a tile's weights (a packed conv's, at 7²) or its pixels
     (a pointwise conv's, at 28²) of every input channel would not stay in L1."""
-    from passc.schedules import rules
+    from passc import schedules
 
     rng = np.random.default_rng(0)
     model = weighted_model(
@@ -382,7 +382,7 @@ def test_one_by_one_convs_whose_operands_leave_l1_reduce_in_chunks(
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     (conv,) = [f for k, f in legalized_kernels(model, target).items() if "conv2d_p" in k]
     with target:
-        sch = getattr(rules, rule)().apply(conv, target, False)
+        sch = getattr(schedules, rule)().apply(conv, target, False)
     splits = [[int(v) for v in d] for d in sch.trace.decisions.values()]
     chunks = [split for split in splits if split[0] * split[1] == channels]
     assert chunks == ([decision] if decision else []), splits
@@ -459,13 +459,13 @@ def test_fp16_kernels_use_full_width_half_precision_fma_on_cortex_a76(tmp_path: 
 
 
 def test_fp16_kernels_are_scheduled_at_twice_the_float32_lanes() -> None:
-    from passc.schedules.rules import _for_bits
+    from passc.schedules.cpu import for_bits
 
     neon = CPUSpec(lanes=4, registers=32)
-    assert _for_bits(neon, 16) == CPUSpec(lanes=8, registers=32)
-    assert _for_bits(neon, 32) == neon
-    assert _for_bits(neon, 64) == CPUSpec(lanes=2, registers=32)
-    assert _for_bits(neon, 1) == CPUSpec(lanes=16, registers=32)  # bool: one byte a lane
+    assert for_bits(neon, 16) == CPUSpec(lanes=8, registers=32)
+    assert for_bits(neon, 32) == neon
+    assert for_bits(neon, 64) == CPUSpec(lanes=2, registers=32)
+    assert for_bits(neon, 1) == CPUSpec(lanes=16, registers=32)  # bool: one byte a lane
 
 
 def test_vector_exp_is_within_two_ulp_of_the_exact_exp() -> None:
@@ -579,8 +579,7 @@ def test_wide_and_strided_depthwise_convs_take_the_loop_vectorized_schedule(
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
-    from passc.schedules import legalize_passes
-    from passc.schedules.rules import WideDepthwise
+    from passc.schedules import WideDepthwise, legalize_passes
 
     mod = from_onnx(onnx.load(_export(name, tmp_path)), keep_params_in_input=False)
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
@@ -599,7 +598,7 @@ def test_stride_1_depthwise_convs_keep_their_output_row_in_vector_registers(tmp_
     """wide-kernels-short's 5×5 conv (96 columns) and 3×3 conv (48) run at stride 1 over rows of
     whole vectors: their schedules vectorize in TIR (the row's accumulators). The stride-2 conv
     (48 columns from 96) is left to LLVM's loop vectorizer."""
-    from passc.schedules.rules import WideDepthwise
+    from passc.schedules import WideDepthwise
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     kernels = _legalized("wide-kernels-short", tmp_path, target)
@@ -632,7 +631,7 @@ def test_packed_convs_over_maps_larger_than_their_weights_run_bands_of_rows_in_p
     first of 2 threads computes the top half of both blocks of 16 output channels (the rows the
     previous kernel's first thread wrote), not all rows of the first block; a conv with more
     weights than input keeps its channel blocks outermost (the first 2 of 4 blocks, all rows)."""
-    from passc.schedules.rules import PackedConv
+    from passc.schedules import PackedConv
 
     rng = np.random.default_rng(0)
     model = weighted_model(
@@ -687,14 +686,31 @@ def _legalized(name: str, tmp_path: Path, target: object) -> dict[str, object]:
     ],
 )
 def test_kernels_take_their_rule(tmp_path: Path, name: str, fragment: str, rule: str, count: int) -> None:
-    from passc.schedules import rules
+    from passc import schedules
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     kernels = _legalized(name, tmp_path, target)
     chosen = [f for kernel, f in kernels.items() if fragment in kernel]
     assert len(chosen) == count, sorted(kernels)
     with target:
-        assert all(getattr(rules, rule)().apply(f, target, False) is not None for f in chosen)
+        assert all(getattr(schedules, rule)().apply(f, target, False) is not None for f in chosen)
+
+
+def test_only_contraction_takes_a_plain_matmul() -> None:
+    """TVM's own matmul (no block of passc's legalizations) is `Contraction`'s: each rule tied to
+    a legalization by its block name declines it, and so do the rules for other shapes."""
+    from tvm import te
+
+    from passc import schedules
+
+    a, b = te.placeholder((32, 64), name="a"), te.placeholder((64, 48), name="b")
+    k = te.reduce_axis((0, 64), "k")
+    y = te.compute((32, 48), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul")
+    func = te.create_prim_func([a, b, y])
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    with target:
+        taken = [r for r in schedules.default_rules()[:-1] if r.apply(func, target, False) is not None]
+    assert [type(r).__name__ for r in taken] == ["Contraction"]
 
 
 def _vectorized_by_elementwise(tensors: list) -> list[int]:
@@ -702,7 +718,7 @@ def _vectorized_by_elementwise(tensors: list) -> list[int]:
     by `Elementwise` for AVX-512 (16 lanes)."""
     from tvm import te
 
-    from passc.schedules.rules import Elementwise
+    from passc.schedules import Elementwise
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     with target:
@@ -745,13 +761,13 @@ def test_short_rows_scaled_by_a_scalar_take_vectors() -> None:
 def test_means_over_trailing_axes_sum_in_vector_partials(tmp_path: Path) -> None:
     """TrailingSum takes the squeeze-excite mean and the final pool (576 = 36 × 16 values each, the
     second with the residual add as epilogue), not the mean over a 7×7 corner (49 values)."""
-    from passc.schedules import rules
+    from passc import schedules
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
     kernels = _legalized("squeeze-excite", tmp_path, target)
     with target:
         taken = {
-            name: rules.TrailingSum().apply(f, target, False) is not None
+            name: schedules.TrailingSum().apply(f, target, False) is not None
             for name, f in kernels.items()
             if "mean" in name
         }

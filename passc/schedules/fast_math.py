@@ -2,31 +2,28 @@
 constant as a multiplication.
 
 LLVM has no vector exp on x86 or AArch64 without a vector math library: TIR's `exp` and
-`sigmoid` become one libm `expf` call per element, which made the SiLU epilogue of a YOLO conv
-cost more than the conv. float32 exp legalizes instead to Cephes' `expf` in TIR arithmetic
-(`exp32`), which vectorizes (11× faster than libm over 1 M elements, one thread, AVX-512):
+`sigmoid` become one libm `expf` call per element. float32 exp legalizes instead to Cephes' `expf`
+in TIR arithmetic (`exp32`), which vectorizes:
 
     e^x = 2^n · p(r),   n = ⌊x·log₂e + ½⌋,   r = x − n·ln 2 ∈ [−ln2/2, ln2/2]
 
 with ln 2 split in two constants (Cody–Waite) so r is exact, p(r) = 1 + r + r²·q(r) with q
 Cephes' degree-5 minimax polynomial, and 2^n built from the exponent bits. x is clamped to
 [−87, 88.376]: above, e^x gives 2.4e38 instead of inf (and a NaN input gives a number); below,
-e^−87 = 1.6e-38 instead of a subnormal or 0 (an absolute error under 1.7e-38). Subnormals cost
-x86 a microcode assist per operation: a YOLO conv's SiLU epilogue on activations below −87 ran
-5× slower (16 → 32 channels at 80², 0.7 → 3.5 ms). Measured relative error over [−87, 88]:
+e^−87 = 1.6e-38 instead of a subnormal or 0 (an absolute error under 1.7e-38): subnormals cost
+x86 a microcode assist per operation. Measured relative error over [−87, 88]:
 8.3e-8, 1.4 float32 ulp (`tests/test_schedules.py` checks it). sigmoid(x) = 1 / (1 + e^(−x)),
 with −x clamped to at most 87 so that 1 / (1 + e^87) = 1.6e-38 is no subnormal either, and
 softmax(x)ᵢ = e^(xᵢ − max x) / Σⱼ e^(xⱼ − max x) use the same exp.
 
 float32 erf (GELU's) legalizes to TOPI's `fast_erf`, a rational approximation in the same kind
-of arithmetic: measured absolute error 3.7e-7 over [−6, 6], 38× faster than libm's erff.
+of arithmetic: measured absolute error 3.7e-7 over [−6, 6].
 
 A float32 division by a scalar constant c (hardswish's x·relu6(x + 3) / 6) legalizes to
 x · fl(1/c): a vector division costs about ten multiplications' time on x86, and LLVM may not
 make the swap itself (it is not exact). The result is within one float32 ulp of x / c (the two
 roundings, of 1/c and of the product, add at most half an ulp each) and exact when c is a power
-of two. PaddleOCR's direction classifier, whose hardswish epilogues divide by 6, ran 10% faster
-(one thread, AVX-512: 0.557 → 0.504 ms).
+of two.
 
 Other dtypes legalize as TVM's own.
 """

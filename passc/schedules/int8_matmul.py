@@ -1,4 +1,4 @@
-"""int8 matrix products that stay int8 in the kernel, so the CPU's dot-product instructions apply.
+"""int8 matrix products that stay int8 in the kernel, for the CPU's dot products; `Int8Tiles`, `Int8Dot`.
 
 ONNX's MatMulInteger imports as matmul(astype(A, int32) [- Z], astype(W, int32) [- Z_W]), with
 zero points Z and Z_W: a kernel multiplying int32s, four times the bytes and no use of the int8
@@ -42,10 +42,8 @@ so every kernel equals onnxruntime's result bit for bit.
    products 16 bytes at a time: `sdot` on Armv8.2+dotprod (rpi5) for int8 rows, `vpmaddwd` on
    AVX2 / AVX-512 without VNNI (LLVM 22 forms neither `vpdpbusd` nor `smmla` from loops).
 
-`Int8Tiles` and `Int8Dot` (`passc.schedules.rules`) schedule them; `passc.schedules.int8_intrinsics`
-holds the two instructions as TIR tensor intrinsics. `bench/int8.py`, one thread, AVX-512 VNNI,
-BERT's 128 × 768 × 768 per call: `vpdpbusd` tiles 0.33 ms, dot products 3.9 ms, onnxruntime's
-MatMulInteger 4.2 ms on int8 rows and 0.07 ms on uint8 ones, where it uses AMX on this CPU.
+`Int8Tiles` schedules kernels 1 and 2, `Int8Dot` kernel 3; `passc.schedules.int8_intrinsics`
+holds the two instructions as TIR tensor intrinsics.
 """
 
 from __future__ import annotations
@@ -55,14 +53,44 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, s_tir, te
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
+from passc.schedules.analysis import (
+    PARALLEL_MIN,
+    REFUSALS,
+    epilogue_block,
+    inline_injective,
+    named_reduction,
+    vectorize_flat,
+)
+from passc.schedules.base import Rule
+from passc.schedules.cpu import CPUSpec
+from passc.schedules.int8_intrinsics import SMMLA, vnni_dot
 from passc.schedules.packed_dense import ravel, unravel
-from passc.schedules.rules import INT8_DOT, INT8_ROWS, INT8_TILES
 
-__all__ = ["int8_instruction", "int8_tile", "legalize_int8_matmul", "narrow_int8_matmul"]
+__all__ = [
+    "INT8_DOT",
+    "INT8_ROWS",
+    "INT8_TILES",
+    "VNNI_LANES",
+    "Int8Dot",
+    "Int8Tiles",
+    "int8_instruction",
+    "int8_tile",
+    "legalize_int8_matmul",
+    "narrow_int8_matmul",
+    "pack_int8",
+]
+
+# The reduction block of kernel 3, int8 products summed in int32 (`Int8Dot`).
+INT8_DOT = "matmul_int8"
+# The register tiles of kernels 1 and 2, by `vpdpbusd` or `smmla` (`Int8Tiles`), and its rows
+# packed for them.
+INT8_TILES = "matmul_int8_tiles"
+INT8_ROWS = "matmul_int8_rows"
 
 _ROWS, _ZERO = wildcard(), wildcard()
 _WEIGHT, _WEIGHT_ZERO = is_const(), is_const()
@@ -268,3 +296,91 @@ def legalize_int8_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr
     return bb.call_te(
         _int8_tiles, data, packed, rows, count, lanes, *offset, primfunc_name_hint="matmul_int8"
     )
+
+
+class Int8Tiles(Rule):
+    """Kernel 1 or 2, an int8 matmul in register tiles of `vpdpbusd` or `smmla`, with its epilogue.
+    Loops t, u (row tile, column panel), then the tile's, then k:
+
+        parallel(u · t) · k / g · unroll(tile) · instruction(the 16 or 8 lanes × 4 of `vpdpbusd`;
+                                                          the 2 × 2 × 8 of `smmla`)
+
+    with g the instruction's group along k (4 or 8). A panel stays in cache while every row tile
+    passes over it; each step of k / g runs one instruction per accumulator of the tile. The
+    epilogue (unpacking the tiles, the VNNI offset, then any dequantizing) runs per tile where its
+    rows are one range of the output, else in one pass after; the rows are packed first, once.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = named_reduction(blocks, INT8_TILES)
+        if index is None:
+            return None
+        main = blocks[index]
+        kinds = main.dom_kind()
+        if kinds == "SSSSSR":  # R × C / L vectors of L lanes
+            intrinsic, group = vnni_dot(main.dom()[4]), 4
+        elif kinds == "SSSSSSR":  # R / 2 × C / 2 tiles of 2 × 2
+            intrinsic, group = SMMLA, 8
+        else:
+            return None
+        rows = [b for b in blocks[:index] if b.name == INT8_ROWS]
+        for block in blocks[:index]:  # a zero point per row cast to int32: into its consumer
+            if block.name != INT8_ROWS:
+                sch.compute_inline(block.block_rv)
+        consumers = inline_injective(sch, blocks[index + 1 :])
+        if len(consumers) > 1 or len(rows) != 1:
+            return None
+        # t, u, the tile's two loops (rows and vectors, or row and column pairs), the instruction's
+        # (lanes, or a 2 × 2 tile), k
+        t, u, *loops, k = sch.get_loops(main.block_rv)
+        tile_loops, instruction_loops = loops[:2], loops[2:]
+        outer_k, inner_k = sch.split(k, [None, group])
+        sch.reorder(u, t, outer_k, *tile_loops, *instruction_loops, inner_k)
+        tile = sch.fuse(u, t)
+        if math.prod(main.dom()) >= PARALLEL_MIN and int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+        epilogue = epilogue_block(sch, main, consumers)
+        try:
+            sch.reverse_compute_at(epilogue, tile)
+            sch.vectorize(sch.get_loops(epilogue)[-1])
+        except REFUSALS:
+            vectorize_flat(sch, epilogue, spec)
+        init = sch.decompose_reduction(main.block_rv, outer_k)
+        init_lanes = sch.get_loops(init)[-len(instruction_loops) :]
+        sch.vectorize(sch.fuse(*init_lanes) if len(init_lanes) > 1 else init_lanes[0])
+        sch.tensorize(instruction_loops[0], intrinsic)
+        for loop in tile_loops:
+            sch.unroll(loop)
+        *outer, bytes_ = sch.get_loops(rows[0].block_rv)  # a vector of a group's bytes where K fills each
+        sch.parallel(sch.fuse(*outer))
+        if all(int(r.source.shape[-1]) % group == 0 for r in sch.get(rows[0].block_rv).reads):
+            sch.vectorize(bytes_)
+        return sch
+
+
+class Int8Dot(Rule):
+    """Kernel 3, an int8 matmul as dot products, with its epilogue: one parallel loop over the
+    outputs, each a dot product over k left innermost and unvectorized in TIR. LLVM's loop
+    vectorizer then sums the int8 products 16 bytes at a time (`sdot` with Armv8.2's dotprod,
+    `vpmaddwd` on x86); TIR's vectors would run along the outputs and widen every byte to int32.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = named_reduction(blocks, INT8_DOT)
+        if index is None:
+            return None
+        main = blocks[index]
+        kinds, extents = main.dom_kind(), main.dom()
+        if kinds != "S" * (len(kinds) - 1) + "R":
+            return None
+        consumers = inline_injective(sch, blocks[index + 1 :])
+        if len(consumers) > 1:
+            return None
+        *spatial, k = sch.get_loops(main.block_rv)
+        outputs = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        if math.prod(extents[:-1]) * extents[-1] >= PARALLEL_MIN:
+            sch.parallel(outputs)
+        epilogue = epilogue_block(sch, main, consumers)
+        sch.reverse_compute_at(epilogue, outputs)
+        sch.decompose_reduction(main.block_rv, k)
+        return sch

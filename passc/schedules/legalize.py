@@ -2,9 +2,10 @@
 
 TVM's CPU legalize phases (`cpu_generic.legalize_passes`), with the legalizations of these ops
 replaced where passc's apply:
-- conv2d by the packed or the pointwise conv, and a transposed conv whose kernel is its stride by
-  the packed conv's reduction (`passc.schedules.packed_conv`); a depthwise conv with a wide
-  kernel on a narrow output by channel blocks (`passc.schedules.packed_depthwise`);
+- conv2d by the pointwise conv (`passc.schedules.pointwise_conv`) or the packed conv, and a
+  transposed conv whose kernel is its stride by the packed conv's reduction
+  (`passc.schedules.packed_conv`); a depthwise conv with a wide kernel on a narrow output by
+  channel blocks (`passc.schedules.packed_depthwise`);
 - a matmul by a constant by int8 kernels (`passc.schedules.int8_matmul`, after
   `narrow_int8_matmul` has taken the int32 widening off its 8-bit operands) or by packed row tiles
   and column panels (`passc.schedules.packed_dense`);
@@ -27,6 +28,7 @@ from passc.schedules.int8_matmul import legalize_int8_matmul, narrow_int8_matmul
 from passc.schedules.packed_conv import legalize_conv2d, legalize_conv2d_transpose
 from passc.schedules.packed_dense import legalize_matmul
 from passc.schedules.packed_depthwise import legalize_depthwise_conv2d
+from passc.schedules.pointwise_conv import legalize_pointwise_conv2d
 from passc.schedules.row_reduction import legalize_layer_norm, legalize_softmax
 
 __all__ = ["legalize_passes"]
@@ -52,7 +54,7 @@ def _first(*legalizations: Any) -> Any:
 
 
 LEGALIZATIONS = {
-    "relax.nn.conv2d": _first(legalize_conv2d, legalize_depthwise_conv2d),
+    "relax.nn.conv2d": _first(legalize_pointwise_conv2d, legalize_conv2d, legalize_depthwise_conv2d),
     "relax.nn.conv2d_transpose": legalize_conv2d_transpose,
     "relax.matmul": _first(legalize_int8_matmul, legalize_matmul),
     **FAST_MATH,

@@ -1,4 +1,4 @@
-"""A matrix product by a constant matrix (a linear layer), both operands packed for a register tile.
+"""A matrix product by a constant matrix, both operands packed for a register tile, and `PackedDense`.
 
 y = x · B, with x[..., K] (M rows once its leading axes are flattened) and a constant B[K, N],
 is tiled as R rows × C columns of accumulators that stay in registers for the whole of k: each
@@ -15,10 +15,7 @@ panels of C columns, and x at run time into tiles of R rows:
 
 so a tile's K steps read one contiguous run of each. `PackedDense` schedules it, panels outermost
 (a panel stays in cache while every row tile passes over it). R is the row tile of `row_tile`:
-one row needs no tile (a classifier: MobileNetV2's 1280 × 1000 layer, 645 → 220–240 µs on
-AVX-512, onnxruntime 225–265 µs). Measured against TVM's matmul with `Contraction`'s schedule,
-one thread, AVX-512, interleaved with onnxruntime's MatMul + Add: ViT-S's 197 × 384 × 1536
-4.4 → 1.6 ms (onnxruntime 1.5–1.8), BERT's 128 × 3072 × 768 13.8 → 4.3 ms (onnxruntime 4.1).
+one row needs no tile (a classifier).
 
 The legalization (`passc.schedules.legalize`) takes a float matmul whose second operand is a
 constant matrix; every other matmul legalizes as TVM's own.
@@ -31,13 +28,37 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, s_tir, te
+from tvm.s_tir.dlight.analysis import SBlockInfo
 from tvm.target import Target
 
-from passc.schedules.packed_conv import float_spec
-from passc.schedules.rules import PACKED_DENSE, PACKED_ROWS, CPUSpec
+from passc.schedules.analysis import (
+    PARALLEL_MIN,
+    epilogue_block,
+    inline_injective,
+    named_reduction,
+    tile_factors,
+    vectorize_flat,
+)
+from passc.schedules.base import Rule
+from passc.schedules.cpu import CPUSpec, float_spec
 
-__all__ = ["legalize_matmul", "pack_panels", "panel_vectors", "ravel", "row_tile", "unravel"]
+__all__ = [
+    "PACKED_DENSE",
+    "PACKED_ROWS",
+    "PackedDense",
+    "legalize_matmul",
+    "pack_panels",
+    "panel_vectors",
+    "ravel",
+    "row_tile",
+    "unravel",
+]
+
+# The reduction block of the packed product (`PackedDense`) and the block that packs its rows
+# into tiles.
+PACKED_DENSE = "dense_packed"
+PACKED_ROWS = "dense_rows_packed"
 
 
 def panel_vectors(columns: int, spec: CPUSpec) -> int:
@@ -144,3 +165,53 @@ def legalize_matmul(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | No
     return bb.call_te(
         _packed_dense, call.args[0], packed, rows, matrix.shape[1], primfunc_name_hint="dense_packed"
     )
+
+
+class PackedDense(Rule):
+    """The packed product (`legalize_matmul`) and its epilogue: loops m, n, k of Y'[m, n] tiled as
+        parallel(n / C · m / R) · k · unroll(R) · unroll(C / lanes) · vector(lanes)
+    with R and C the row tile's and the panel's widths (read off the packed operands' shapes):
+    a panel stays in cache while every row tile passes over it, and each step of k loads C / lanes
+    vectors of the panel and broadcasts R scalars of the row tile. The epilogue (unpadding, bias,
+    activation) runs per tile; the row packing runs first, over all rows.
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
+        index = named_reduction(blocks, PACKED_DENSE)
+        if index is None or blocks[index].dom_kind() != "SSR":
+            return None
+        main = blocks[index]
+        extents = main.dom()
+        packed = [r.source for r in sch.get(main.block_rv).reads if len(r.source.shape) == 3]
+        producers = blocks[:index]
+        tiled = [b for b in producers if b.name == PACKED_ROWS]
+        rows = tiled[0].dom()[-1] if tiled else 1
+        columns = int(packed[-1].shape[-1])
+        if columns % spec.lanes or extents[0] % rows or extents[1] % columns:
+            return None
+        consumers = inline_injective(sch, blocks[index + 1 :])
+        if len(consumers) > 1:
+            return None
+        m, n, k = sch.get_loops(main.block_rv)
+        outer_m, row = sch.split(m, tile_factors(sch, m, extents[0], rows))
+        outer_n, column = sch.split(n, tile_factors(sch, n, extents[1], columns))
+        sch.reorder(outer_n, outer_m, k, row, column)
+        tile = sch.fuse(outer_n, outer_m)
+        if extents[0] * extents[1] >= PARALLEL_MIN // 4 and int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+        epilogue = epilogue_block(sch, main, consumers)
+        rows_shape = [int(d) for d in sch.get(epilogue).writes[0].source.shape[:-1]]
+        if sum(d > 1 for d in rows_shape) <= 1:
+            sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(epilogue)[-1])
+        else:  # rows along several axes: a tile's rows are no box of the output, so one pass after
+            vectorize_flat(sch, epilogue, spec)
+        vector, lane = sch.split(column, [columns // spec.lanes, spec.lanes])
+        sch.unroll(row)
+        sch.unroll(vector)
+        sch.vectorize(lane)
+        init = sch.decompose_reduction(main.block_rv, k)
+        sch.vectorize(sch.get_loops(init)[-1])
+        for block in producers:
+            vectorize_flat(sch, block.block_rv, spec)
+        return sch

@@ -1,4 +1,4 @@
-"""Softmax and layer norm over the last axis, with their row reductions summed in vector-wide partials.
+"""Softmax and layer norm over the last axis, summed in vector-wide partials, and `RowReduction`.
 
 A sum or max along a row is a chain of dependent scalar operations unless it is reassociated,
 and LLVM does not reassociate float reductions (without fast-math) nor TIR's schedules split them
@@ -15,10 +15,8 @@ With that, over the last axis of x [..., L]:
     softmax:     m = max_i x_i,  e_i = exp(x_i − m) (`fast_math.exp32`),  y_i = e_i · (1 / Σ_i e_i)
     layer norm:  μ = Σ_i x_i / L,  σ² = Σ_i (x_i − μ)² / L,  y_i = (x_i − μ) · rsqrt(σ² + ε) · γ_i + β_i
 
-`RowReduction` (`passc.schedules.rules`) schedules them a row at a time. ViT-S's attention
-softmax over 197 keys (TVM's legalization with dlight's `Reduction`) took 0.9 ms a layer against
-onnxruntime's 0.13 ms. Rows shorter than 2·P keep the plain reduction (and softmax over another
-axis, `fast_math`'s).
+`RowReduction` schedules them a row at a time. Rows shorter than 2·P keep the plain reduction
+(and softmax over another axis, `fast_math`'s).
 """
 
 from __future__ import annotations
@@ -26,14 +24,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tvm import relax, te, tirx
+from tvm import relax, s_tir, te, tirx
+from tvm.s_tir.dlight.analysis import SBlockInfo
 
+from passc.schedules.base import Rule
+from passc.schedules.cpu import CPUSpec
 from passc.schedules.fast_math import exp32
-from passc.schedules.rules import ROW_PARTIAL
 
-__all__ = ["PARTIALS", "legalize_layer_norm", "legalize_softmax", "row_total"]
+__all__ = ["PARTIALS", "ROW_PARTIAL", "RowReduction", "legalize_layer_norm", "legalize_softmax", "row_total"]
 
 PARTIALS = 16
+# The prefix of the partial-reduction blocks (`row_total`), by which `RowReduction` knows a kernel.
+ROW_PARTIAL = "row_partial"
 
 
 def row_total(value: Callable[..., Any], shape: list[int], reducer: Any, name: str) -> te.Tensor:
@@ -106,3 +108,34 @@ def legalize_layer_norm(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr 
     if any(str(arg.ty.dtype) != "float32" for arg in call.args[1:]):
         return None
     return bb.call_te(_layer_norm_rows, *call.args, float(attrs.epsilon), primfunc_name_hint="layer_norm")
+
+
+class RowReduction(Rule):
+    """A softmax or layer norm over the last axis with its reductions in vector-wide partials
+    (`legalize_softmax`, `legalize_layer_norm`): one parallel loop over the rows, under which every
+    block computes its part of the row. A partial reduction runs its chunk loop outside its
+    PARTIALS lanes, which are one vector (a running max or sum per lane); the other blocks' loops
+    along the row are left to LLVM's loop vectorizer, which takes any row length (ViT's 197 keys).
+    """
+
+    def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
+        last = blocks[-1]
+        partials = [b for b in blocks if b.name.startswith(ROW_PARTIAL)]
+        if not partials or not last.is_injective():
+            return None
+        rows = last.dom()[:-1]
+        if any(b.dom()[: len(rows)] != rows for b in blocks):
+            return None
+        loops = sch.get_loops(last.block_rv)[: len(rows)]
+        tile = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        if int(sch.get(tile).extent) > 1:
+            sch.parallel(tile)
+        for block in reversed(blocks[:-1]):
+            sch.compute_at(block.block_rv, tile, preserve_unit_loops=True)
+        for block in partials:
+            *_, lane, chunk = sch.get_loops(block.block_rv)
+            sch.reorder(chunk, lane)
+            sch.vectorize(lane)
+            init = sch.decompose_reduction(block.block_rv, chunk)
+            sch.vectorize(sch.get_loops(init)[-1])
+        return sch
