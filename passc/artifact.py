@@ -19,7 +19,7 @@ import numpy as np
 from passc.atomic import build_directory
 from passc.errors import UsageError
 from passc.loading import sha256_file
-from passc.manifest import FORMAT_VERSION, FunctionEntry, Manifest, ParamEntry, TensorEntry
+from passc.manifest import FORMAT_VERSION, FunctionEntry, Manifest, ParamEntry
 from passc.targets import Target, get_target
 
 __all__ = [
@@ -235,8 +235,3 @@ class Artifact:
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
         return self.run(inputs)
-
-
-def tensor_entries(specs: list[Any]) -> tuple[TensorEntry, ...]:
-    """TensorEntries of the lowering's TensorSpecs."""
-    return tuple(TensorEntry(s.name, tuple(s.shape), s.dtype) for s in specs)

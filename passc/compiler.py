@@ -18,7 +18,6 @@ from passc.artifact import (
     ENTRY,
     Artifact,
     optimized_model_name,
-    tensor_entries,
     write_artifact,
     write_depfile,
     write_params,
@@ -234,8 +233,8 @@ def compile_model(
         for name, signature in lowered.functions.items():
             source = prepared.get(name)
             entries[name] = FunctionEntry(
-                tensor_entries(signature.inputs),
-                tensor_entries(signature.outputs),
+                tuple(signature.inputs),
+                tuple(signature.outputs),
                 params.get(name, ()),
                 source.loaded.sha256 if source else None,
                 tuple(r.as_manifest() for r in source.pass_log) if source else (),

@@ -24,6 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from passc.errors import PasscError
+from passc.manifest import TensorEntry
 from passc.pass_base import RUNTIME_PARAMS_KEY
 
 __all__ = [
@@ -47,16 +48,8 @@ ENTRY = "main"
 OUTPUT_NAMES_ATTR = "passc.output_names"
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A named tensor of a compiled function's signature."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+# A tensor of a compiled function's signature: what the manifest records of it.
+TensorSpec = TensorEntry
 
 
 @dataclass

@@ -42,6 +42,7 @@ __all__ = [
     "build_pipeline",
     "parse_pass_option",
     "relax_specs",
+    "run_pass",
     "run_pipeline",
 ]
 
@@ -188,6 +189,22 @@ def build_pipeline(
     return specs
 
 
+def run_pass(instance: PasscPass | RelaxPass, subject: Any) -> tuple[Any, float]:
+    """Runs one pass on `subject` (an onnx_ir model or a Relax module); returns its result and
+    wall seconds. What the pass raises, other than a PasscError, becomes one that names it; so
+    does a pass that measures its tolerance and did not set it."""
+    start = time.perf_counter()
+    try:
+        result = instance(subject)
+    except PasscError:
+        raise
+    except Exception as err:
+        raise PasscError(f"pass {instance.name!r} failed: {type(err).__name__}: {err}") from err
+    if instance.tolerance is None:
+        raise PasscError(f"pass {instance.name!r} measures its tolerance but did not set it")
+    return result, time.perf_counter() - start
+
+
 def run_pipeline(
     model: ir.Model,
     specs: list[PassSpec],
@@ -216,18 +233,9 @@ def run_pipeline(
         instance = spec.instantiate()
         instance.explain = explain and instance.explains
         before = model_stats(model)
-        start = time.perf_counter()
-        try:
-            result = instance(model)
-        except PasscError:
-            raise
-        except Exception as err:
-            raise PasscError(f"pass {spec.name!r} failed: {type(err).__name__}: {err}") from err
-        seconds = time.perf_counter() - start
+        result, seconds = run_pass(instance, model)
         model = result.model
         tolerance = instance.tolerance
-        if tolerance is None:
-            raise PasscError(f"pass {spec.name!r} measures its tolerance but did not set it")
         max_rel = None
         if verify_each:
             errors = oracle.compare(oracle.run_onnxruntime(model, inputs), reference)

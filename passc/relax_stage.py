@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
-from passc.errors import PasscError
 from passc.lowering import distinct_constants
-from passc.pipeline import PassRecord, PassSpec
+from passc.pipeline import PassRecord, PassSpec, run_pass
 from passc.stats import ModelStats
 
 __all__ = ["relax_stats", "run_relax_passes"]
@@ -73,17 +71,8 @@ def run_relax_passes(
     for spec in specs:
         instance = spec.instantiate()
         before = relax_stats(mod)
-        start = time.perf_counter()
-        try:
-            result = instance(mod)
-        except PasscError:
-            raise
-        except Exception as err:
-            raise PasscError(f"pass {spec.name!r} failed: {type(err).__name__}: {err}") from err
-        seconds = time.perf_counter() - start
+        result, seconds = run_pass(instance, mod)
         mod = result.mod
-        if instance.tolerance is None:
-            raise PasscError(f"pass {spec.name!r} measures its tolerance but did not set it")
         record = PassRecord(
             spec.name,
             dataclasses.asdict(instance.options),

@@ -36,6 +36,24 @@ def _batch_models(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
+def _dense(directory: Path, rows: int, weight: np.ndarray, runtime_param: bool = False) -> Path:
+    """A one-MatMul model y = x · w of `rows` rows; w a constant, or a runtime parameter."""
+    depth, count = weight.shape
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "dense",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [rows, depth])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [rows, count])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    if runtime_param:
+        onnx.helper.set_model_props(proto, {RUNTIME_PARAMS_KEY: json.dumps(["w"])})
+    path = directory / f"dense{rows}{'p' if runtime_param else ''}.onnx"
+    onnx.save(proto, path)
+    return path
+
+
 def _expected(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return oracle.run_onnxruntime(load_model(path).model, inputs)
 
@@ -66,21 +84,8 @@ def test_two_batch_sizes_share_their_weights_and_both_run_in_process(tmp_path: P
 def test_shared_weights_are_stored_once_in_model_so(tmp_path: Path) -> None:
     """A model whose weights (1 MB) dwarf its code: a second batch size adds its kernels to
     model.so, not another copy of the weights."""
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((512, 512)).astype(np.float32)
-    paths = {}
-    for name, rows in (("main", 1), ("b8", 8)):
-        graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
-            "dense",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [rows, 512])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [rows, 512])],
-            [onnx.numpy_helper.from_array(weight, "w")],
-        )
-        paths[name] = tmp_path / f"dense{rows}.onnx"
-        onnx.save(
-            onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), paths[name]
-        )
+    weight = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    paths = {name: _dense(tmp_path, rows, weight) for name, rows in (("main", 1), ("b8", 8))}
     one = passc.compile(paths["main"], target="host", output=tmp_path / "one")
     two = passc.compile(paths, target="host", output=tmp_path / "two")
     size_one, size_two = ((a.path / "model.so").stat().st_size for a in (one, two))
@@ -93,19 +98,9 @@ def test_shared_weights_are_stored_once_in_model_so(tmp_path: Path) -> None:
 
 def test_shared_runtime_params_are_stored_once_in_params_bin(tmp_path: Path) -> None:
     weight = np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32)
-    paths = {}
-    for name, rows in (("main", 2), ("b4", 4)):
-        graph = onnx.helper.make_graph(
-            [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
-            "dense",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [rows, 64])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [rows, 32])],
-            [onnx.numpy_helper.from_array(weight, "w")],
-        )
-        proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-        onnx.helper.set_model_props(proto, {RUNTIME_PARAMS_KEY: json.dumps(["w"])})
-        paths[name] = tmp_path / f"p{rows}.onnx"
-        onnx.save(proto, paths[name])
+    paths = {
+        name: _dense(tmp_path, rows, weight, runtime_param=True) for name, rows in (("main", 2), ("b4", 4))
+    }
     art = passc.compile(paths, target="host", output=tmp_path / "art", bundle=True)
     assert (art.path / "params.bin").stat().st_size == weight.nbytes
     assert art.manifest["weights"]["params_bytes"] == weight.nbytes
