@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from passc.atomic import build_directory
-from passc.errors import UsageError
+from passc.errors import PasscError, UsageError
 from passc.loading import sha256_file
 from passc.manifest import FORMAT_VERSION, FunctionEntry, Manifest, ParamEntry
 from passc.targets import Target, get_target
@@ -29,6 +29,7 @@ __all__ = [
     "MANIFEST",
     "OPTIMIZED_MODEL",
     "PARAMS",
+    "check_output_dir",
     "optimized_model_name",
     "write_artifact",
     "write_depfile",
@@ -53,8 +54,7 @@ def write_artifact(out_dir: Path, fill: Callable[[Path], Manifest]) -> Path:
     file hashes, which are added here). An existing artifact at `out_dir` is replaced only once
     the new one is complete.
     """
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
-        raise UsageError(f"{out_dir} exists and is not a passc artifact; refusing to replace it")
+    check_output_dir(out_dir)
 
     def build(tmp: Path) -> None:
         manifest = fill(tmp)
@@ -63,6 +63,26 @@ def write_artifact(out_dir: Path, fill: Callable[[Path], Manifest]) -> Path:
         (tmp / MANIFEST).write_text(manifest.text())
 
     return build_directory(out_dir, build, replace=True)
+
+
+# The longest file name most filesystems take (NAME_MAX), less what a temporary sibling adds.
+_LONGEST_NAME = 255 - len(".NAME.tmp-XXXXXXXX") + len("NAME")
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Raises UsageError, before any work, when the artifact cannot be written at `out_dir`: it
+    exists and is not an artifact, its parent is not a writable directory, or its name is too long
+    for the temporary sibling the build writes first."""
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
+        raise UsageError(f"{out_dir} exists and is not a passc artifact; refusing to replace it")
+    if len(out_dir.name.encode()) > _LONGEST_NAME:
+        raise UsageError(f"output name {out_dir.name[:40]}… is too long (at most {_LONGEST_NAME} bytes)")
+    parent = out_dir.absolute().parent
+    existing = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"cannot write {out_dir}: {existing} is a file, not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {out_dir}: {existing} is not writable (choose another -o)")
 
 
 def write_params(
@@ -191,6 +211,20 @@ class Artifact:
         """`main`'s runtime parameters."""
         return self.params_of(ENTRY)
 
+    def check(self) -> None:
+        """Checks that every file the manifest lists is present with its recorded sha256; a
+        missing or damaged file (a truncated copy, a disk error) is a PasscError naming it, so it
+        is never loaded (a truncated model.so crashes the process that maps it)."""
+        for name, digest in sorted(self.info.files.items()):
+            path = self.path / name
+            if not path.is_file():
+                raise PasscError(f"{self.path} is damaged: {name} is missing; rebuild the artifact")
+            if sha256_file(path) != digest:
+                raise PasscError(
+                    f"{self.path} is damaged: {name} differs from the file it was built with "
+                    "(sha256 mismatch); rebuild the artifact"
+                )
+
     @property
     def bundled(self) -> bool:
         return (self.path / "passc-run").is_file()
@@ -229,6 +263,7 @@ class Artifact:
         if self._runner is None:
             from passc.backends import backend_for
 
+            self.check()  # once, before any file is loaded
             self._runner = backend_for(self.target).runner(self)
         results = self._runner(function, arrays, emulate=emulate)
         return {spec.name: r for spec, r in zip(self.function(function).outputs, results, strict=True)}

@@ -240,8 +240,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+def _output_files(names: list[str]) -> dict[str, str]:
+    """A distinct .npy file name for each output: its name with characters other than letters,
+    digits, `_`, `.` and `-` replaced by `_`, and `_2`, `_3`, … added where two would collide."""
+    files: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "output"
+        candidate, count = stem, 1
+        while f"{candidate}.npy".lower() in taken:
+            count += 1
+            candidate = f"{stem}_{count}"
+        taken.add(f"{candidate}.npy".lower())
+        files[name] = f"{candidate}.npy"
+    return files
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -256,11 +268,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs = artifact.run(inputs, function=args.function, emulate=args.emulate)
     if args.output:
         out_dir = Path(args.output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"-o {out_dir}: a file is there; -o names a directory for NAME.npy files")
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name, value in outputs.items():
-            path = out_dir / f"{_file_name(name)}.npy"
-            np.save(path, value)
-            print(path)
+        for name, file_name in _output_files(list(outputs)).items():
+            path = out_dir / file_name
+            np.save(path, outputs[name])
+            print(path if file_name == f"{name}.npy" else f"{name} -> {path}")
     else:
         for name, value in outputs.items():
             print(

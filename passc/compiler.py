@@ -17,6 +17,7 @@ from passc import __version__
 from passc.artifact import (
     ENTRY,
     Artifact,
+    check_output_dir,
     optimized_model_name,
     write_artifact,
     write_depfile,
@@ -186,6 +187,7 @@ def compile_model(
     if example_inputs is not None and len(functions) > 1:
         raise UsageError("example_inputs is for one torch module; export each function's model first")
     record_dirs = _record_dirs(target, records)
+    check_output_dir(output)
     target.require_cxx()
     prepared: dict[str, Prepared] = {}
     for name, source in functions.items():

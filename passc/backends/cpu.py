@@ -11,6 +11,7 @@ through the bundled `passc-run` (under the target's emulator when the ISA differ
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -196,6 +197,9 @@ class CPURunner:
             command += [str(artifact.path.resolve() / RUNNER), str(artifact.path.resolve() / LIBRARY)]
             command += ["--function", function, *(str(p) for p in in_files + out_files)]
             done = subprocess.run(command, capture_output=True, text=True, env=artifact.thread_env())
+            if done.returncode < 0:
+                detail = f": {done.stderr.strip()}" if done.stderr.strip() else ""
+                raise PasscError(f"passc-run was killed by {signal.Signals(-done.returncode).name}{detail}")
             if done.returncode != 0:
                 raise PasscError(f"passc-run failed: {done.stderr.strip() or done.returncode}")
             return [

@@ -1,0 +1,111 @@
+"""An artifact never lies and a user's mistake is a clear error: damaged files are found before
+they are loaded, a runner killed by a signal says which, output paths are checked before any work,
+and `passc run -o` never overwrites one output with another (issue 31, items 1, 6 and 9)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import passc
+from passc.errors import PasscError
+from tests.conftest import EXAMPLE, parse, save
+
+SHAPE = ["--input-shape", "input:1x3x64x64"]
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("integrity") / "art"
+    passc.compile(EXAMPLE, target="host", output=out, input_shapes={"input": (1, 3, 64, 64)}, bundle=True)
+    return out
+
+
+def _copy(art: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(art), str(copy)], check=True)
+    return copy
+
+
+@pytest.mark.parametrize("emulate", [False, True])
+def test_a_truncated_model_so_is_reported_not_loaded(run_cli, bundled: Path, tmp_path: Path, emulate) -> None:
+    art = _copy(bundled, tmp_path)
+    library = art / "model.so"
+    library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
+    status, _, err = run_cli("run", art, *(["--emulate"] if emulate else []))
+    assert status == 1, err
+    assert "is damaged: model.so differs from the file it was built with" in err and "rebuild" in err
+
+
+def test_a_missing_file_is_named(bundled: Path, tmp_path: Path) -> None:
+    art = _copy(bundled, tmp_path)
+    (art / "passc-run").unlink()
+    with pytest.raises(PasscError, match="is damaged: passc-run is missing"):
+        passc.load(art).run(passc.load(art).random_inputs())
+
+
+def test_an_intact_artifact_runs_after_the_check(bundled: Path) -> None:
+    artifact = passc.load(bundled)
+    artifact.check()
+    inputs = artifact.random_inputs()
+    np.testing.assert_array_equal(artifact.run(inputs)["probs"], artifact.run(inputs, emulate=True)["probs"])
+
+
+def test_a_runner_killed_by_a_signal_says_which(bundled: Path, monkeypatch) -> None:
+    import passc.backends.cpu as cpu
+
+    def killed(command, **kwargs):
+        return subprocess.CompletedProcess(command, -7, "", "")
+
+    artifact = passc.load(bundled)
+    artifact.check()
+    monkeypatch.setattr(cpu.subprocess, "run", killed)
+    with pytest.raises(PasscError, match="passc-run was killed by SIGBUS"):
+        artifact.run(artifact.random_inputs(), emulate=True)
+
+
+def test_output_path_problems_are_found_before_any_work(run_cli, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    start = time.perf_counter()
+    status, _, err = run_cli("compile", EXAMPLE, "--target", "host", *SHAPE, "-o", blocker / "art")
+    assert status == 2 and f"{blocker} is a file, not a directory" in err, err
+    long_name = tmp_path / ("a" * 250)
+    status, _, err = run_cli("compile", EXAMPLE, "--target", "host", *SHAPE, "-o", long_name)
+    assert status == 2 and "is too long" in err, err
+    assert time.perf_counter() - start < 5  # refused before loading or lowering anything
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_run_writes_every_output_to_its_own_file(run_cli, tmp_path: Path) -> None:
+    model = save(
+        parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 3] "o/1", float[2, 3] o_1, float[2, 3] "O:1") {
+            "o/1" = Relu(x)
+            o_1 = Neg(x)
+            "O:1" = Abs(x)
+        }
+        """),
+        tmp_path / "m.onnx",
+    )
+    art = tmp_path / "art"
+    assert run_cli("compile", model, "--target", "host", "-o", art, "-q")[0] == 0
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out"
+    status, stdout, err = run_cli("run", art, "--input", f"x={tmp_path / 'x.npy'}", "-o", out)
+    assert status == 0, err
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 3, files
+    assert f"o/1 -> {out / 'o_1.npy'}" in stdout and f"o_1 -> {out / 'o_1_2.npy'}" in stdout
+    np.testing.assert_array_equal(np.load(out / "o_1.npy"), np.maximum(x, 0))
+    np.testing.assert_array_equal(np.load(out / "o_1_2.npy"), -x)
+    np.testing.assert_array_equal(np.load(out / "O_1_3.npy"), np.abs(x))
+
+    status, _, err = run_cli("run", art, "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "x.npy")
+    assert status == 2 and "a file is there" in err
