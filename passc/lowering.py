@@ -132,6 +132,13 @@ def _import_one(model: ir.Model) -> tuple[Any, Signature]:
             keep_params_in_input=False,
         )
     outputs = _outputs_of(mod["main"], [v.name for v in model.graph.outputs])
+    empty = next((s for s in inputs + outputs if 0 in s.shape), None)
+    if empty is not None:
+        kind = "input" if empty in inputs else "output"
+        raise PasscError(
+            f"{kind} {empty.name!r} has a zero-sized dimension {list(empty.shape)}; passc compiles "
+            "tensors with at least one element (bind the dimension with --input-shape)"
+        )
     return mod, Signature(inputs, outputs, params)
 
 

@@ -141,6 +141,8 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
         """Reads format 1 or 2; a newer format is a UsageError that says which passc reads it."""
+        if not isinstance(data, dict) or "format" not in data:
+            raise KeyError("format")
         version = data.get("format")
         if version not in _READABLE:
             raise UsageError(

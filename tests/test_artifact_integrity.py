@@ -109,3 +109,16 @@ def test_run_writes_every_output_to_its_own_file(run_cli, tmp_path: Path) -> Non
 
     status, _, err = run_cli("run", art, "--input", f"x={tmp_path / 'x.npy'}", "-o", tmp_path / "x.npy")
     assert status == 2 and "a file is there" in err
+
+
+def test_a_zero_sized_dimension_is_refused_at_compile(run_cli, tmp_path: Path) -> None:
+    model = save(
+        parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[0, 3] x) => (float[0, 3] y) { y = Relu(x) }
+        """),
+        tmp_path / "empty.onnx",
+    )
+    status, _, err = run_cli("compile", model, "--target", "host", "-o", tmp_path / "art")
+    assert status == 1 and "input 'x' has a zero-sized dimension [0, 3]" in err, err
+    assert not (tmp_path / "art").exists()

@@ -275,6 +275,7 @@ def test_format_1_artifacts_are_read_and_newer_formats_refused(tmp_path: Path) -
     (old_dir / "manifest.json").write_text(json.dumps({**data, "format": 3, "passc": "9.0"}))
     with pytest.raises(UsageError, match=r"artifact format 3 is not one this passc reads .*passc 9\.0"):
         passc.load(old_dir)
-    (old_dir / "manifest.json").write_text(json.dumps({"format": 2, "passc": "0.1.0"}))
-    with pytest.raises(PasscError, match="not a valid passc manifest"):
-        Manifest.read(old_dir / "manifest.json")
+    for broken in ({"format": 2, "passc": "0.1.0"}, {}, []):
+        (old_dir / "manifest.json").write_text(json.dumps(broken))
+        with pytest.raises(PasscError, match="not a valid passc manifest"):
+            Manifest.read(old_dir / "manifest.json")
