@@ -122,3 +122,27 @@ def test_a_zero_sized_dimension_is_refused_at_compile(run_cli, tmp_path: Path) -
     status, _, err = run_cli("compile", model, "--target", "host", "-o", tmp_path / "art")
     assert status == 1 and "input 'x' has a zero-sized dimension [0, 3]" in err, err
     assert not (tmp_path / "art").exists()
+
+
+def test_a_damaged_cache_entry_is_rebuilt_and_never_bundled(tmp_path: Path, monkeypatch) -> None:
+    from passc.targets import get_target
+
+    from passc.bundle import bundle_files
+    from passc.paths import cache_dir
+
+    host = get_target("host")
+    runner = bundle_files(host)["passc-run"]  # the user's cache, checked (and repaired) here
+    cache, users = tmp_path / "cache", cache_dir()
+    subprocess.run(["cp", "-a", str(users), str(cache)], check=True)
+    monkeypatch.setenv("PASSC_CACHE_DIR", str(cache))
+    cached = cache / runner.relative_to(users)
+    good = cached.read_bytes()
+    cached.write_bytes(good[: len(good) // 3])  # a truncated cache entry
+    art = passc.compile(
+        EXAMPLE, target="host", output=tmp_path / "art", input_shapes={"input": (1, 3, 64, 64)}, bundle=True
+    )
+    # Rebuilt in the other cache, then bundled: the same bytes as the user's cache holds.
+    assert (art.path / "passc-run").read_bytes() == cached.read_bytes() == good
+    inputs = art.random_inputs()
+    np.testing.assert_array_equal(art.run(inputs, emulate=True)["probs"], art.run(inputs)["probs"])
+    assert not [p for p in cached.parent.parent.iterdir() if ".damaged-" in p.name]
