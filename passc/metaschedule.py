@@ -149,6 +149,31 @@ def forget_records(records: Path, kernels: list[Any]) -> int:
     return len(lines) - len(kept)
 
 
+# MetaSchedule stores a candidate that failed to build or run with this time (1e10 s): never a
+# real measurement, and never kept.
+FAILED_RUN_SECS = 1e9
+
+
+def forget_failed_records(records: Path) -> int:
+    """Removes the records of failed measurements from the database in `records` (rewritten
+    atomically); returns how many it removed. A record line is [workload index, [trace, run
+    seconds, target, arguments]]."""
+    path = records / RECORDS
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+
+    def failed(line: str) -> bool:
+        run_secs = json.loads(line)[1][1]
+        return not run_secs or any(float(t) >= FAILED_RUN_SECS for t in run_secs)
+
+    kept = [line for line in lines if not failed(line)]
+    if len(kept) < len(lines):
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
+
+
 def tune_kernels(
     mod: Any,
     target: Any,
@@ -199,9 +224,16 @@ def tune_kernels(
         kernels, defaults = _measure_defaults(tasks, tune_target, database, builder, runner)
         for kernel, symbols in zip(kernels, _task_symbols(mod, tasks), strict=True):
             kernel.symbols = symbols
-        searched = (
-            _search(tasks, kernels, trials, threads, builder, runner, database, progress) if trials else 0
+        searched, succeeded = (
+            _search(tasks, kernels, trials, threads, builder, runner, database, progress)
+            if trials
+            else (0, 0)
         )
+    dropped = forget_failed_records(records)
+    if searched and not succeeded:
+        raise PasscError(f"tuning failed: none of the {searched} candidates measured could be timed")
+    if dropped:
+        progress(f"{dropped} candidates failed to build or run; their records were not kept")
     for i, (kernel, task) in enumerate(zip(kernels, tasks, strict=True)):
         best = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
         kernel.best_us = _mean_us(best[0].run_secs) if best else None
@@ -251,14 +283,16 @@ def _search(
             cost_model="xgb",
             measure_callbacks=[*_default_callbacks(), watcher.callback()],
         )
-    return watcher.trials
+    return watcher.trials, watcher.succeeded
 
 
 def _measure_defaults(
     tasks: list[Any], target: Any, database: Any, builder: Any, runner: Any
 ) -> tuple[list[KernelResult], dict[int, Any]]:
     """Builds and times each task's default schedule in one batch and commits it as a record;
-    returns the kernels and, by task index, the records committed."""
+    returns the kernels and, by task index, the records committed. When no kernel could be
+    measured (an unreachable RPC server, a board that cannot load the library), PasscError with
+    the first failure."""
     from tvm.s_tir import meta_schedule as ms
 
     from passc.schedules import default_schedule
@@ -271,16 +305,19 @@ def _measure_defaults(
         if schedule is not None:
             scheduled.append((i, task, schedule))
     built = builder.build([ms.builder.BuilderInput(s.mod, target) for _, _, s in scheduled])
-    inputs, measured, defaults = [], [], {}
+    inputs, measured, defaults, errors = [], [], {}, []
     for (i, task, schedule), result in zip(scheduled, built, strict=True):
         if result.error_msg is None:
             args = ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])
             inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
             measured.append((i, task, schedule, args))
+        else:
+            errors.append(f"building {task.task_name}: {result.error_msg}")
     try:
         for (i, task, schedule, args), future in zip(measured, runner.run(inputs), strict=True):
             result = future.result()
             if result.error_msg is not None or not result.run_secs:
+                errors.append(f"running {task.task_name}: {result.error_msg or 'no time measured'}")
                 continue
             kernels[i].default_us = _mean_us(result.run_secs)
             workload = database.commit_workload(task.dispatched[0])
@@ -290,6 +327,9 @@ def _measure_defaults(
         for result in built:
             if result.artifact_path is not None:
                 shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
+    if scheduled and not defaults:
+        first = (errors or ["no measurement came back"])[0].strip().splitlines()
+        raise PasscError(f"tuning failed: no kernel could be measured ({first[0] if first else '?'})")
     return kernels, defaults
 
 
@@ -368,7 +408,7 @@ class _Progress:
         self, kernels: list[KernelResult], tuned: list[int], budget: int, progress: Callable[[str], None]
     ) -> None:
         self.kernels, self.tuned, self.budget, self.progress = kernels, tuned, budget, progress
-        self.trials, self.sent = 0, 0
+        self.trials, self.sent, self.succeeded = 0, 0, 0
         self.best = {i: k.default_us for i, k in enumerate(kernels)}
         self.started = time.perf_counter()
 
@@ -413,6 +453,7 @@ class _Progress:
         self.kernels[task_id].trials += len(runner_results)
         for result in runner_results:
             if result.error_msg is None and result.run_secs:
+                self.succeeded += 1
                 us = _mean_us(result.run_secs)
                 current = self.best[task_id]
                 self.best[task_id] = us if current is None else min(current, us)

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from conftest import weighted_model
 
-from passc.metaschedule import RECORDS, WORKLOADS, KernelResult, _heaviest, open_records
+from passc.metaschedule import (
+    FAILED_RUN_SECS,
+    RECORDS,
+    WORKLOADS,
+    KernelResult,
+    _heaviest,
+    forget_failed_records,
+    open_records,
+)
 
 
 def _tiny_conv(tmp_path: Path) -> Path:
@@ -34,6 +42,28 @@ def _records(directory: Path) -> list[dict]:
     return [json.loads(line) for line in (directory / RECORDS).read_text().splitlines() if line.strip()]
 
 
+def test_tuning_with_nothing_to_measure_on_fails_and_keeps_no_record(tmp_path: Path, run_cli) -> None:
+    """An RPC address where no server listens: every measurement fails, so tune says so and exits
+    1, and the database holds no record (MetaSchedule stores failures as 1e10 s)."""
+    model, records = _tiny_conv(tmp_path), tmp_path / "records"
+    code, _, err = run_cli(
+        "tune", model, "--target", "host", "--rpc", "127.0.0.1:1", "--trials", "8",
+        "--records", records, "--timeout", "10",
+    )  # fmt: skip
+    assert code == 1, err
+    assert "tuning failed: no kernel could be measured" in err
+    assert not (records / RECORDS).is_file() or not _records(records)
+
+
+def test_failed_measurements_are_never_kept_as_records(tmp_path: Path) -> None:
+    good = json.dumps([0, [[["trace"], []], [1.5e-05, 1.6e-05], {"kind": "llvm"}, []]])
+    failed = json.dumps([0, [[["trace"], []], [1e10], {"kind": "llvm"}, []]])
+    (tmp_path / RECORDS).write_text(f"{good}\n{failed}\n{good}\n")
+    assert forget_failed_records(tmp_path) == 1
+    assert (tmp_path / RECORDS).read_text() == f"{good}\n{good}\n"
+    assert forget_failed_records(tmp_path) == 0
+
+
 @pytest.mark.slow
 def test_tuning_over_rpc_writes_records_that_compile_applies(
     tmp_path: Path, monkeypatch, run_cli, rpc_server: str
@@ -55,7 +85,7 @@ def test_tuning_over_rpc_writes_records_that_compile_applies(
     assert lines[0].startswith("kernel") and len(lines) == 1 + 2 + 2  # header, two kernels, summary
     searched = [r for r in _records(records) if r]
     assert len(searched) > 2  # the two default schedules, plus candidates measured over RPC
-    assert all(float(r[1][1][0]) > 0 for r in searched)  # run_secs measured on the server
+    assert all(0 < float(r[1][1][0]) < FAILED_RUN_SECS for r in searched)  # timed on the server
 
     code, out, err = run_cli(
         "verify", model, "--target", "host", "--records", records, "-o", tmp_path / "art"
