@@ -27,7 +27,9 @@ class Canonicalize(PasscPass):
     Once input shapes are bound, Shape/Gather/Concat/Reshape chains that only compute shapes fold
     away, which TVM needs before it can lower the graph. It is `onnxscript.optimizer.optimize`
     without its pattern rewrites: graph rewrites belong to the passes that report them (`fuse`,
-    `fold-linear-blocks`), and one of those defaults (Cast∘Cast → Cast) is not exact.
+    `fold-linear-blocks`), and one of those defaults (Cast∘Cast → Cast) is not exact. Graph
+    inputs and outputs keep their names: an input that is also an output stays one value (onnx_ir's
+    OutputFixPass would rename the input to put an Identity between them).
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -51,7 +53,6 @@ class Canonicalize(PasscPass):
                 common.LiftSubgraphInitializersToMainGraphPass(),
                 common.DeduplicateInitializersPass(),
                 common.CommonSubexpressionEliminationPass(),
-                common.OutputFixPass(),
                 common.NameFixPass(),
             ]
         )(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from passc.passes.canonicalize import Canonicalize
 
@@ -48,6 +49,30 @@ def test_outputs_keep_their_names(dynamic_mlp) -> None:
     Canonicalize()(model)
     assert [v.name for v in model.graph.outputs] == ["y"]
     assert np.dtype(model.graph.outputs[0].dtype.numpy()) == np.float32
+
+
+def test_an_input_that_is_also_an_output_keeps_its_name(tmp_path) -> None:
+    import passc
+    from passc.optimize import optimize_model
+
+    path = tmp_path / "m.onnx"
+    onnx.save(
+        parse("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 3] x, float[2, 3] y) { y = Relu(x) }"""),
+        path,
+    )
+    model = load_model(path).model
+    Canonicalize()(model)
+    assert [v.name for v in model.graph.inputs] == ["x"]
+    assert [v.name for v in model.graph.outputs] == ["x", "y"]
+    optimized = onnx.load(optimize_model(path, tmp_path / "o.onnx").output)
+    assert [v.name for v in optimized.graph.input] == ["x"]
+    assert [v.name for v in optimized.graph.output] == ["x", "y"]
+    artifact = passc.compile(path, target="host", output=tmp_path / "art")
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    outputs = artifact(x=x)
+    np.testing.assert_array_equal(outputs["x"], x)
+    np.testing.assert_array_equal(outputs["y"], np.maximum(x, 0))
 
 
 def test_graph_rewrites_are_left_to_the_passes_that_report_them() -> None:

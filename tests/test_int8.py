@@ -44,14 +44,14 @@ def _expected(path: Path, a: np.ndarray) -> np.ndarray:
 
 
 def _expected_with(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """The one-node model's output, exactly: Σ_k (A - a_zero)·(B - b_zero) in int64 for a
+    """The model's output: exactly Σ_k (A - a_zero)·(B - b_zero) in int64 for a model of one
     MatMulInteger, else onnxruntime's. onnxruntime is no oracle for uint8 × int8 here: on x86
     without VNNI its kernels sum pairs of products in int16 with saturation (`vpmaddubsw`), and
     differ from the exact sum where a pair exceeds 32767."""
     model = onnx.load(path)
-    (node,) = model.graph.node
-    if node.op_type != "MatMulInteger":
+    if [n.op_type for n in model.graph.node] != ["MatMulInteger"]:
         return oracle.run_onnxruntime(load_model(path).model, feeds)["y"]
+    (node,) = model.graph.node
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer} | feeds
     a, b, *zeros = (np.asarray(values[name]).astype(np.int64) for name in node.input)
     a_zero, b_zero = (zeros + [np.int64(0), np.int64(0)])[:2]
