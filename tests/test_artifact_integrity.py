@@ -146,3 +146,33 @@ def test_a_damaged_cache_entry_is_rebuilt_and_never_bundled(tmp_path: Path, monk
     inputs = art.random_inputs()
     np.testing.assert_array_equal(art.run(inputs, emulate=True)["probs"], art.run(inputs)["probs"])
     assert not [p for p in cached.parent.parent.iterdir() if ".damaged-" in p.name]
+
+
+def test_a_bundle_whose_runtime_lacks_a_called_function_is_refused(run_cli, tmp_path: Path) -> None:
+    """TVM's NonMaxSuppression kernel calls `tvm.contrib.sort.argsort`, which the runtime-only
+    libraries in a bundle do not have: the bundled runner would fail on the device."""
+    model = save(
+        parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 6, 4] boxes, float[1, 1, 6] scores) => (int64[6, 3] selected) {
+            most = Constant<value = int64[1] {3}>()
+            iou = Constant<value = float[1] {0.5}>()
+            least = Constant<value = float[1] {0.0}>()
+            selected = NonMaxSuppression(boxes, scores, most, iou, least)
+        }
+        """),
+        tmp_path / "nms.onnx",
+    )
+    out = tmp_path / "art"
+    status, _, err = run_cli("compile", model, "--target", "host", "-o", out, "--bundle")
+    assert status == 1 and "the model calls tvm.contrib.sort.argsort, which the TVM runtime" in err, err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["nms.onnx"]
+    assert run_cli("compile", model, "--target", "host", "-o", out, "-q")[0] == 0  # in-process: fine
+
+
+def test_the_bundled_runtime_provides_what_the_example_calls(bundled: Path) -> None:
+    from passc.backends.cpu import missing_functions
+
+    libraries = [bundled / "libtvm_runtime.so", bundled / "libtvm_ffi.so"]
+    assert missing_functions(bundled / "model.so", libraries) == []
+    assert missing_functions(bundled / "model.so", []) != []  # the VM's builtins come from them

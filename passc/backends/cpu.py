@@ -11,6 +11,7 @@ through the bundled `passc-run` (under the target's emulator when the ISA differ
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from passc.artifact import Artifact
     from passc.targets import Target
 
-__all__ = ["BACKEND", "CPUBackend", "LIBRARY", "SCHEDULES_ENV"]
+__all__ = ["BACKEND", "CPUBackend", "LIBRARY", "SCHEDULES_ENV", "missing_functions"]
 
 LIBRARY = "model.so"
 RUNNER = "passc-run"
@@ -105,6 +106,25 @@ def export_library(executable: Any, path: Path, cxx: str) -> None:
         raise PasscError(f"linking {path.name} with {cxx} failed: {err}") from None
 
 
+def _strings(path: Path) -> set[bytes]:
+    """The printable runs of 6 or more characters in a binary (as `strings` finds them)."""
+    return set(re.findall(rb"[\x20-\x7e]{6,}", path.read_bytes()))
+
+
+def missing_functions(library: Path, runtime: list[Path]) -> list[str]:
+    """The packed functions `library` calls by name that none of the `runtime` libraries provides.
+
+    A compiled module calls TVM's global functions (the VM's builtins, a kernel's extern calls such
+    as `tvm.contrib.sort.argsort`) by their registered names, which it holds as strings; the ones
+    this compiler's TVM registers are looked for among the runtime libraries' strings."""
+    import tvm_ffi
+
+    registered = {name.encode() for name in tvm_ffi.registry.list_global_func_names()}
+    called = _strings(library) & registered
+    provided = set().union(*(_strings(path) for path in runtime)) if runtime else set()
+    return sorted(name.decode() for name in called - provided)
+
+
 class CPUBackend:
     """The `Backend` for `device = "cpu"` targets."""
 
@@ -143,11 +163,20 @@ class CPUBackend:
         return [LIBRARY]
 
     def bundle(self, out_dir: Path, target: Target) -> list[str]:
+        """Copies passc-run and the target's TVM runtime libraries beside model.so; PasscError
+        when model.so calls a packed function those libraries lack (it would fail on the device)."""
         import shutil
 
         from passc.bundle import bundle_files
 
         files = bundle_files(target)
+        missing = missing_functions(out_dir / LIBRARY, [p for n, p in files.items() if n.endswith(".so")])
+        if missing:
+            raise PasscError(
+                f"the model calls {', '.join(missing)}, which the TVM runtime bundled for "
+                f"{target.name} does not provide (only the full TVM on a host has it): the bundle "
+                "could not run it; compile without --bundle to run it in-process on the host"
+            )
         for name, source in files.items():
             shutil.copyfile(source, out_dir / name)
             shutil.copymode(source, out_dir / name)
