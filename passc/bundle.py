@@ -68,6 +68,15 @@ def cached_entry(final: Path, fill: Callable[[Path], None]) -> Path:
         sums = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in files}
         (tmp / _CHECKSUMS).write_text(json.dumps(sums, indent=1, sort_keys=True))
 
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=final.parent, prefix=".probe-")
+        probe.close()
+    except OSError as err:
+        raise PasscError(
+            f"cannot write passc's cache at {cache_dir()}: {err.strerror or err}; "
+            "set PASSC_CACHE_DIR to a writable directory"
+        ) from None
     if final.exists() and not _intact(final):
         aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.damaged-"))
         try:

@@ -32,15 +32,27 @@ def _input_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
     return dict(parse_input_shape(text) for text in args.input_shape)
 
 
+def _split_input(text: str) -> tuple[str, str]:
+    """`NAME=FILE` → (NAME, FILE). A name may itself hold `=`: the split is at the `=` after
+    which an existing file is named (the first `=` when none is)."""
+    splits = [i for i, c in enumerate(text) if c == "="]
+    at = next((i for i in splits if Path(text[i + 1 :]).is_file()), splits[0] if splits else -1)
+    name, path = (text[:at], text[at + 1 :]) if at >= 0 else ("", "")
+    if not (name and path):
+        raise UsageError(f"bad --input {text!r}: expected NAME=FILE.npy")
+    return name, path
+
+
 def _read_inputs(texts: list[str]) -> dict[str, np.ndarray]:
     """Reads `--input NAME=file.npy` flags."""
     inputs = {}
     for text in texts:
-        name, eq, path = text.partition("=")
-        if not (eq and name and path):
-            raise UsageError(f"bad --input {text!r}: expected NAME=FILE.npy")
+        name, path = _split_input(text)
         if not Path(path).is_file():
             raise UsageError(f"input file not found: {path}")
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise UsageError(f"{path} is not a .npy file (numpy.save writes them)")
         try:
             inputs[name] = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as err:

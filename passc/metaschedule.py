@@ -205,7 +205,13 @@ def tune_kernels(
     if trials < 0:
         raise UsageError(f"--trials must be 0 or more, got {trials}")
     start = time.perf_counter()
-    records.mkdir(parents=True, exist_ok=True)
+    try:
+        records.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PasscError(
+            f"cannot write tuning records at {records}: {err.strerror or err} "
+            "(give --records DIR, or set PASSC_CACHE_DIR to a writable directory)"
+        ) from None
     tune_target = _with_cores(target, threads)
     tasks = ms.relax_integration.extract_tasks(mod, tune_target)
     if not tasks:

@@ -176,3 +176,31 @@ def test_the_bundled_runtime_provides_what_the_example_calls(bundled: Path) -> N
     libraries = [bundled / "libtvm_runtime.so", bundled / "libtvm_ffi.so"]
     assert missing_functions(bundled / "model.so", libraries) == []
     assert missing_functions(bundled / "model.so", []) != []  # the VM's builtins come from them
+
+
+def test_an_unwritable_cache_names_the_variable_to_set(run_cli, tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("PASSC_CACHE_DIR", str(blocker / "cache"))
+    out = tmp_path / "art"
+    status, _, err = run_cli("compile", EXAMPLE, "--target", "host", *SHAPE, "-o", out, "--bundle")
+    assert status == 1 and f"cannot write passc's cache at {blocker / 'cache'}" in err, err
+    assert "set PASSC_CACHE_DIR" in err and "Traceback" not in err and not out.exists()
+
+
+def test_inputs_named_with_equals_signs_and_files_that_are_not_npy(run_cli, tmp_path: Path) -> None:
+    model = save(
+        parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] "a=b") => (float[2] y) { y = Relu("a=b") }
+        """),
+        tmp_path / "m.onnx",
+    )
+    art = tmp_path / "art"
+    assert run_cli("compile", model, "--target", "host", "-o", art, "-q")[0] == 0
+    np.save(tmp_path / "x.npy", np.array([-1.0, 2.0], np.float32))
+    status, stdout, err = run_cli("run", art, "--input", f"a=b={tmp_path / 'x.npy'}")
+    assert status == 0 and "y: float32 2" in stdout, err
+    (tmp_path / "x.txt").write_text("1 2\n")
+    status, _, err = run_cli("run", art, "--input", f"a=b={tmp_path / 'x.txt'}")
+    assert status == 2 and "x.txt is not a .npy file" in err, err
