@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno as os_errno
+import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -43,27 +47,86 @@ def atomic_file(final: Path) -> Iterator[Path]:
         yield tmp / final.name
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swaps the paths `a` and `b` (Linux's renameat2 with RENAME_EXCHANGE); False
+    where the OS or the filesystem cannot."""
+    libc = _libc()
+    if libc is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if libc.renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (os_errno.EINVAL, os_errno.ENOSYS, os_errno.EOPNOTSUPP):
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "renameat2") else None  # glibc 2.28+
+
+
+def _sweep(final: Path) -> None:
+    """Removes the temporary siblings of `final` (`.NAME.tmp-PID-…`, `.NAME.old-PID-…`) left by
+    builds on this machine whose process is gone (killed mid-build)."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-(\d+)-")
+    for sibling in final.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match and not _alive(int(match[2])):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build_directory(final: Path, fill: Callable[[Path], None], *, replace: bool) -> Path:
     """Runs `fill(tmp)` on an empty temporary directory beside `final`, then renames it to `final`.
 
     If `fill` fails, nothing is left behind. With `replace`, an existing `final` is swapped out
-    only once the new one is complete; without it, an existing `final` is kept as it is (a cache
-    entry that another process finished first).
+    only once the new one is complete, in one atomic exchange where the OS has one (Linux's
+    renameat2), so that `final` always holds a whole old or a whole new directory; without it, an
+    existing `final` is kept as it is (a cache entry that another process finished first).
+    Temporary siblings left by killed builds are removed first.
     """
     if final.exists() and not replace:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    _sweep(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{os.getpid()}-"))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
         fill(tmp)
-        if replace and final.exists():
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-            os.rename(final, old / final.name)
-            os.rename(tmp, final)
+        while True:
+            try:
+                os.rename(tmp, final)  # no `final` yet (fails if another process made one)
+                break
+            except OSError as err:
+                if err.errno not in (os_errno.ENOTEMPTY, os_errno.EEXIST) or not final.exists():
+                    raise
+            if not replace:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            if _exchange(tmp, final):  # tmp now holds the old directory
+                shutil.rmtree(tmp, ignore_errors=True)
+                break
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-{os.getpid()}-"))
+            try:
+                os.rename(final, old / final.name)
+            except FileNotFoundError:
+                pass  # another build moved it first; try the rename again
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if not replace and final.is_dir():

@@ -204,3 +204,26 @@ def test_inputs_named_with_equals_signs_and_files_that_are_not_npy(run_cli, tmp_
     (tmp_path / "x.txt").write_text("1 2\n")
     status, _, err = run_cli("run", art, "--input", f"a=b={tmp_path / 'x.txt'}")
     assert status == 2 and "x.txt is not a .npy file" in err, err
+
+
+def test_a_compile_killed_at_random_points_leaves_a_whole_artifact(tmp_path: Path) -> None:
+    """SIGKILL `passc compile` replacing an artifact, at random points of the build: the path
+    holds a whole artifact each time (old or new, every file as its manifest says), and the next
+    build leaves no temporary sibling behind."""
+    import random
+    import signal
+    import sys
+
+    out = tmp_path / "art"
+    command = [sys.executable, "-m", "passc.cli", "compile", str(EXAMPLE), "--target", "host", *SHAPE]
+    subprocess.run([*command, "-o", str(out), "-q"], check=True, capture_output=True)
+    rng = random.Random(0)
+    for threads in (1, 2, 3):  # a different --threads each time: a new artifact differs from the old
+        build = subprocess.Popen([*command, "--threads", str(threads), "-o", str(out), "-q"])
+        time.sleep(rng.uniform(1.0, 6.0))
+        build.send_signal(signal.SIGKILL)
+        build.wait()
+        passc.load(out).check()
+    subprocess.run([*command, "-o", str(out), "-q"], check=True, capture_output=True)
+    passc.load(out).check()
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
