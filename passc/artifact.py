@@ -266,7 +266,15 @@ class Artifact:
             self.check()  # once, before any file is loaded
             self._runner = backend_for(self.target).runner(self)
         results = self._runner(function, arrays, emulate=emulate)
-        return {spec.name: r for spec, r in zip(self.function(function).outputs, results, strict=True)}
+        specs = self.function(function).outputs
+        for spec, result in zip(specs, results, strict=True):
+            if result.shape != spec.shape:
+                raise PasscError(
+                    f"output {spec.name!r} came back with shape {_shape_text(result.shape)}, not the "
+                    f"manifest's {_shape_text(spec.shape)}: its shape depends on the data, which passc "
+                    "does not compile"
+                )
+        return {spec.name: r for spec, r in zip(specs, results, strict=True)}
 
     def __call__(self, **inputs: Any) -> dict[str, np.ndarray]:
         return self.run(inputs)

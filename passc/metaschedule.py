@@ -119,9 +119,29 @@ def open_records(directories: list[Path]) -> Any | None:
     present = [d for d in directories if (d / WORKLOADS).is_file() and (d / RECORDS).is_file()]
     if not present:
         return None
+    for directory in present:
+        check_database(directory)
     _import_cpu_tensor_intrinsics()  # records may tensorize with them
     databases = [ms.database.JSONDatabase(work_dir=str(d), allow_missing=False) for d in present]
     return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+
+
+def check_database(records: Path) -> None:
+    """PasscError naming the file and line when a records database in `records` is damaged (a
+    line that is not JSON: a truncated or edited file), before MetaSchedule reads it."""
+    for name in (WORKLOADS, RECORDS):
+        path = records / name
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except ValueError:
+                raise PasscError(
+                    f"the tuning records file {path} is damaged (line {number} is not JSON): "
+                    "remove it, or tune again with --fresh into another --records directory"
+                ) from None
 
 
 def forget_records(records: Path, kernels: list[Any]) -> int:
@@ -216,6 +236,7 @@ def tune_kernels(
     tasks = ms.relax_integration.extract_tasks(mod, tune_target)
     if not tasks:
         raise PasscError("the model has no kernels to tune")
+    check_database(records)
     if fresh:
         removed = forget_records(records, [task.dispatched[0] for task in tasks])
         progress(f"removed {removed} earlier records of these kernels")

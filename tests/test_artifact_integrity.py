@@ -18,6 +18,23 @@ from tests.conftest import EXAMPLE, parse, save
 SHAPE = ["--input-shape", "input:1x3x64x64"]
 
 
+def _nms(directory: Path) -> Path:
+    """NonMaxSuppression of 6 boxes, keeping at most 3: its kernel calls `tvm.contrib.sort`, and
+    it declares [6, 3] while returning as many rows as boxes it keeps."""
+    return save(
+        parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1, 6, 4] boxes, float[1, 1, 6] scores) => (int64[6, 3] selected) {
+            most = Constant<value = int64[1] {3}>()
+            iou = Constant<value = float[1] {0.5}>()
+            least = Constant<value = float[1] {0.0}>()
+            selected = NonMaxSuppression(boxes, scores, most, iou, least)
+        }
+        """),
+        directory / "nms.onnx",
+    )
+
+
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("integrity") / "art"
@@ -151,18 +168,7 @@ def test_a_damaged_cache_entry_is_rebuilt_and_never_bundled(tmp_path: Path, monk
 def test_a_bundle_whose_runtime_lacks_a_called_function_is_refused(run_cli, tmp_path: Path) -> None:
     """TVM's NonMaxSuppression kernel calls `tvm.contrib.sort.argsort`, which the runtime-only
     libraries in a bundle do not have: the bundled runner would fail on the device."""
-    model = save(
-        parse("""
-        <ir_version: 8, opset_import: ["" : 17]>
-        g (float[1, 6, 4] boxes, float[1, 1, 6] scores) => (int64[6, 3] selected) {
-            most = Constant<value = int64[1] {3}>()
-            iou = Constant<value = float[1] {0.5}>()
-            least = Constant<value = float[1] {0.0}>()
-            selected = NonMaxSuppression(boxes, scores, most, iou, least)
-        }
-        """),
-        tmp_path / "nms.onnx",
-    )
+    model = _nms(tmp_path)
     out = tmp_path / "art"
     status, _, err = run_cli("compile", model, "--target", "host", "-o", out, "--bundle")
     assert status == 1 and "the model calls tvm.contrib.sort.argsort, which the TVM runtime" in err, err
@@ -227,3 +233,68 @@ def test_a_compile_killed_at_random_points_leaves_a_whole_artifact(tmp_path: Pat
     subprocess.run([*command, "-o", str(out), "-q"], check=True, capture_output=True)
     passc.load(out).check()
     assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_an_output_whose_shape_depends_on_the_data_is_an_error_not_a_lie(tmp_path: Path) -> None:
+    """NonMaxSuppression declares [6, 3] and returns as many rows as boxes it keeps."""
+    model = _nms(tmp_path)
+    artifact = passc.compile(model, target="host", output=tmp_path / "art")
+    with pytest.raises(
+        PasscError, match=r"output 'selected' came back with shape \d+x3, not the manifest's 6x3"
+    ):
+        artifact.run(artifact.random_inputs())
+
+
+@pytest.fixture(scope="module")
+def with_params(tmp_path_factory) -> Path:
+    """A bundled host artifact with every kind of file: model.so, params.bin, the runtime."""
+    import json
+
+    import onnx
+
+    from passc.pass_base import RUNTIME_PARAMS_KEY
+
+    directory = tmp_path_factory.mktemp("params")
+    weight = np.random.default_rng(2).standard_normal((8, 4)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "dense",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.helper.set_model_props(proto, {RUNTIME_PARAMS_KEY: json.dumps(["w"])})
+    onnx.save(proto, directory / "dense.onnx")
+    out = directory / "art"
+    passc.compile(directory / "dense.onnx", target="host", output=out, bundle=True)
+    return out
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "removed":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # a byte in the middle overwritten with one no text or ELF file has there
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+
+
+@pytest.mark.parametrize("how", ["removed", "truncated", "corrupted"])
+@pytest.mark.parametrize(
+    "name", ["model.so", "params.bin", "manifest.json", "passc-run", "libtvm_runtime.so", "libtvm_ffi.so"]
+)
+def test_every_damaged_artifact_file_is_one_clear_error_naming_it(
+    run_cli, with_params: Path, tmp_path: Path, name: str, how: str
+) -> None:
+    art = _copy(with_params, tmp_path)
+    _damage(art / name, how)
+    others = {p.name: p.read_bytes() for p in art.iterdir() if p.name != name}
+    status, _, err = run_cli("run", art, "--emulate")
+    assert status in (1, 2), err
+    lines = [line for line in err.splitlines() if line.startswith("passc: error:")]
+    assert len(lines) == 1 and name in lines[0], err
+    assert "Traceback" not in err and "internal error" not in err
+    assert {p.name: p.read_bytes() for p in art.iterdir() if p.name != name} == others

@@ -260,6 +260,17 @@ def _commit_naive_record(records: Path, model: Path, seconds: float) -> None:
         database.commit_tuning_record(ms.database.TuningRecord(naive.trace, workload, [seconds], target))
 
 
+@pytest.mark.parametrize("name", [RECORDS, WORKLOADS])
+def test_a_damaged_records_database_is_named(tmp_path: Path, run_cli, name: str) -> None:
+    model, records = _tiny_conv(tmp_path), tmp_path / "records"
+    _commit_naive_record(records, model, 1e-3)
+    data = (records / name).read_bytes()
+    (records / name).write_bytes(data[: len(data) // 2])
+    status, _, err = run_cli("compile", model, "--target", "host", "--records", records, "-o", tmp_path / "a")
+    assert status == 1 and f"the tuning records file {records / name} is damaged" in err, err
+    assert "Traceback" not in err and not (tmp_path / "a").exists()
+
+
 def test_a_record_that_loses_in_the_model_gives_way_to_the_default(tmp_path: Path) -> None:
     """`tune --trials 0` checks the records a database holds: each kernel's fastest record claims
     1 ns but is TVM's naive loops; timed in the model against the default schedule it loses, so
