@@ -94,6 +94,28 @@ def disassembly(objdump: str, library: Path) -> str:
     return subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory) -> Any:
+    """passc's cache for this test session, never the user's (which may hold tuning records a
+    developer made): the runtime libraries and runners are fetched and built into it once."""
+    cache = tmp_path_factory.mktemp("passc-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PASSC_CACHE_DIR", str(cache))
+        yield cache
+
+
+@pytest.fixture(autouse=True)
+def own_cache(session_cache: Path, tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own cache directory (its own tuning records), sharing the session's runtime
+    libraries and runners, which cost a download and a build."""
+    cache = tmp_path_factory.mktemp("cache")
+    for shared in ("runtime", "runners"):
+        (session_cache / shared).mkdir(exist_ok=True)
+        (cache / shared).symlink_to(session_cache / shared, target_is_directory=True)
+    monkeypatch.setenv("PASSC_CACHE_DIR", str(cache))
+    return cache
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Runs `passc ARGS…` in-process; returns (exit code, stdout, stderr)."""

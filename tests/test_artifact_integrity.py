@@ -150,7 +150,7 @@ def test_a_damaged_cache_entry_is_rebuilt_and_never_bundled(tmp_path: Path, monk
     host = get_target("host")
     runner = bundle_files(host)["passc-run"]  # the user's cache, checked (and repaired) here
     cache, users = tmp_path / "cache", cache_dir()
-    subprocess.run(["cp", "-a", str(users), str(cache)], check=True)
+    subprocess.run(["cp", "-aL", str(users), str(cache)], check=True)  # its shared parts too
     monkeypatch.setenv("PASSC_CACHE_DIR", str(cache))
     cached = cache / runner.relative_to(users)
     good = cached.read_bytes()
@@ -298,3 +298,12 @@ def test_every_damaged_artifact_file_is_one_clear_error_naming_it(
     assert len(lines) == 1 and name in lines[0], err
     assert "Traceback" not in err and "internal error" not in err
     assert {p.name: p.read_bytes() for p in art.iterdir() if p.name != name} == others
+
+
+def test_each_test_has_its_own_cache_not_the_users(own_cache: Path) -> None:
+    import platformdirs
+
+    from passc.paths import cache_dir
+
+    assert cache_dir() == own_cache != Path(platformdirs.user_cache_dir("passc"))
+    assert not (own_cache / "tuning").exists()  # no tuning records a developer made
