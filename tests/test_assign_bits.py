@@ -257,7 +257,7 @@ def test_size_budget_holds_exactly_and_outputs_stay_within_tolerance() -> None:
     assert all(name in model.graph.initializers for name in runtime)
     assert weight_bytes(model) < float_bytes
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
-    assert 0 < assigner.tolerance < 0.5
+    assert 0 < assigner.tolerance < 0.2  # 2x the worst calibration error: 0.154 at this budget
     for error in oracle.compare(oracle.run_onnxruntime(model, inputs), expected):
         assert error.max_rel <= assigner.tolerance, error
     snapshot = ir.to_proto(model).SerializeToString()

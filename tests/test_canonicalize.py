@@ -46,7 +46,9 @@ def test_second_run_is_a_no_op(dynamic_mlp) -> None:
 def test_outputs_keep_their_names(dynamic_mlp) -> None:
     model = load_model(dynamic_mlp).model
     bind_input_shapes(model, {"x": (1, 4, 2)})
+    inputs = [v.name for v in model.graph.inputs]
     Canonicalize()(model)
+    assert [v.name for v in model.graph.inputs] == inputs
     assert [v.name for v in model.graph.outputs] == ["y"]
     assert np.dtype(model.graph.outputs[0].dtype.numpy()) == np.float32
 

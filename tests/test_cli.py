@@ -69,8 +69,15 @@ def test_passes_and_targets_list_everything(run_cli) -> None:
     for name in ("host", "rpi5", "rpi4", "aarch64", "armv9"):
         assert f"{name}:" in stdout
     assert "qemu-aarch64 -cpu cortex-a76" in stdout and '"mcpu": "cortex-a76"' in stdout
+    from passc.targets import all_targets
+
+    from passc.registry import all_passes
+
+    assert set(all_targets()) == {"host", "rpi5", "rpi4", "aarch64", "armv9"}
     status, stdout, _ = run_cli("passes")
-    assert status == 0 and "canonicalize" in stdout
+    assert status == 0
+    listed = {line.split()[0] for line in stdout.splitlines() if line and not line.startswith(" ")}
+    assert listed == set(all_passes()) >= {"canonicalize", "fuse", "fold-linear-blocks", "assign-bits"}
 
 
 def test_installed_plugin_is_listed_by_a_fresh_process() -> None:

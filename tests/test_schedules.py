@@ -389,7 +389,24 @@ def test_one_by_one_convs_whose_operands_leave_l1_reduce_in_chunks(
 
 
 def test_untuned_switch_leaves_kernels_unscheduled(tmp_path: Path, monkeypatch) -> None:
+    """PASSC_SCHEDULES=0 leaves every kernel as TVM legalized it (no schedule applied); with the
+    schedules on, passc's rules schedule them; both compute the same."""
+    from passc.targets import get_target
+
+    from passc.backends.cpu import CPUBackend
+    from passc.compiler import prepare_model
+    from passc.lowering import import_and_transform
+
     path = _export("separable", tmp_path)
+    host, backend = get_target("host"), CPUBackend()
+    scheduled_kernels = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("PASSC_SCHEDULES", flag)
+        imported = import_and_transform(prepare_model(path, host).loaded.model, host)
+        mod, _ = backend.schedule(backend.legalize(imported.mod, imported.target), imported.target, [])
+        kernels = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        scheduled_kernels[flag] = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled")) for f in kernels)
+    assert scheduled_kernels["0"] == 0 and scheduled_kernels["1"] > 0
     untuned = _compile(path, tmp_path / "untuned", monkeypatch, schedules=False)
     inputs = untuned.random_inputs()
     scheduled = _compile(path, tmp_path / "scheduled", monkeypatch, schedules=True)
