@@ -64,7 +64,13 @@ def _load_onnx_file(path: Path) -> LoadedModel:
     except (DecodeError, RuntimeError, ValueError) as err:
         raise PasscError(f"{path} is not a valid ONNX model (corrupt or truncated): {err}") from None
     if not proto.graph.node and not proto.graph.output:
-        raise PasscError(f"{path} is not a valid ONNX model (corrupt or truncated): empty graph")
+        if path.stat().st_size == 0:
+            raise PasscError(f"{path} is empty (0 bytes), not an ONNX model")
+        if not proto.graph.ByteSize() and not proto.opset_import:
+            raise PasscError(
+                f"{path} is not a valid ONNX model (no graph, no opset: corrupt, or another format)"
+            )
+        raise PasscError(f"{path} is an ONNX model with an empty graph: it has no outputs to compute")
     external = _external_data_files(proto, path.parent)
     missing = [f for f in external if not f.is_file()]
     if missing:

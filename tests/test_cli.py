@@ -134,6 +134,8 @@ def test_plugin_pass_runs_from_the_command_line(run_cli, tmp_path: Path) -> None
             1,
             "is not a valid ONNX model",
         ),
+        (lambda d: _write(d / "zero.onnx", b""), [], 1, "is empty (0 bytes), not an ONNX model"),
+        (lambda d: _empty_graph(d), [], 1, "is an ONNX model with an empty graph"),
         (lambda d: _external(d, delete=True), [], 1, "external data file missing"),
         (lambda d: EXAMPLE, ["--target", "rpi9"], 2, "unknown target 'rpi9'"),
         (
@@ -245,6 +247,13 @@ def test_compile_refuses_to_replace_a_non_artifact(run_cli, tmp_path: Path) -> N
     status, _, err = run_cli("compile", EXAMPLE, "--target", "host", *SHAPE, "-o", out)
     assert status == 2 and "not a passc artifact" in err
     assert (out / "thesis.txt").read_text() == "do not delete"
+
+
+def _empty_graph(directory: Path) -> Path:
+    graph = onnx.helper.make_graph([], "empty", [], [])
+    return save(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), directory / "e.onnx"
+    )
 
 
 def _write(path: Path, data: bytes) -> Path:
