@@ -8,7 +8,6 @@ the same models gives byte-identical files. It is written whole or not at all.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from passc.atomic import build_directory
 from passc.errors import PasscError, UsageError
-from passc.loading import sha256_file
+from passc.loading import array_digest, sha256_file
 from passc.manifest import FORMAT_VERSION, FunctionEntry, Manifest, ParamEntry
 from passc.targets import Target, get_target
 
@@ -101,7 +100,7 @@ def write_params(
         listed = []
         for spec, array in items:
             data = np.ascontiguousarray(array).tobytes()
-            key = hashlib.sha256(data + repr((array.shape, array.dtype.str)).encode()).hexdigest()
+            key = array_digest(array)
             if key not in offsets:
                 offsets[key] = size
                 blobs.append(data)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -21,6 +22,7 @@ __all__ = [
     "bind_input_shapes",
     "require_static_shapes",
     "is_static_dim",
+    "array_digest",
     "sha256_file",
 ]
 
@@ -38,6 +40,12 @@ def sha256_file(path: Path) -> str:
     """The sha256 of a file's bytes, read in blocks."""
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def array_digest(array: np.ndarray) -> str:
+    """The sha256 of a tensor's contents, shape and dtype: equal exactly for equal tensors."""
+    data = np.ascontiguousarray(array)
+    return hashlib.sha256(data.tobytes() + repr((data.shape, data.dtype.str)).encode()).hexdigest()
 
 
 def _from_proto(proto: onnx.ModelProto) -> LoadedModel:

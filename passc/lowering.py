@@ -11,7 +11,6 @@ Only the TVM layer imports TVM: this module, `passc.relax_stage`, `passc.backend
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import warnings
@@ -24,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from passc.errors import PasscError
+from passc.loading import array_digest
 from passc.manifest import TensorEntry
 from passc.pass_base import RUNTIME_PARAMS_KEY
 
@@ -105,7 +105,6 @@ class Imported:
     mod: Any  # tvm.IRModule
     target: Any  # tvm.target.Target
     functions: dict[str, Signature]
-    constant_bytes: int  # bytes of the distinct constants (weights) in the module
     relax_log: list[Any] = field(default_factory=list)  # PassRecords of the Relax passes
 
 
@@ -177,8 +176,7 @@ def import_models(models: dict[str, ir.Model], tvm_target: dict[str, Any]) -> Im
         for name, model in models.items():
             mod, functions[name] = _import_one(model)
             _add_module(builder, mod, name)
-    mod = builder.get()
-    return Imported(mod, target, functions, distinct_constant_bytes(mod))
+    return Imported(builder.get(), target, functions)
 
 
 def constant_array(expr: Any) -> np.ndarray | None:
@@ -199,8 +197,7 @@ def distinct_constants(mod: Any) -> dict[str, np.ndarray]:
     def visit(expr: Any) -> None:
         array = constant_array(expr)
         if array is not None:
-            key = hashlib.sha256(array.tobytes() + str((array.shape, array.dtype)).encode()).hexdigest()
-            seen[key] = array
+            seen[array_digest(array)] = array
 
     for _, func in mod.functions.items():
         if isinstance(func, relax.Function):
@@ -326,7 +323,6 @@ def import_and_transform(
         imported.mod, imported.relax_log = run_relax_passes(imported.mod, relax_passes, progress=progress)
         with tvm_errors():
             imported.functions = signatures_after_passes(imported)
-        imported.constant_bytes = distinct_constant_bytes(imported.mod)
     return imported
 
 
@@ -356,6 +352,7 @@ def lower(
 
     backend = backend_for(target)
     imported = import_and_transform(models, target, relax_passes, progress)
+    constant_bytes = distinct_constant_bytes(imported.mod)
     with tvm_errors():
         built = backend.build(imported.mod, imported.target, list(records or []))
     return Lowered(
@@ -363,7 +360,7 @@ def lower(
         imported.functions,
         built.kernels,
         built.tuned_kernels,
-        imported.constant_bytes,
+        constant_bytes,
         backend,
         imported.relax_log,
     )
