@@ -145,7 +145,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     stem = next(iter(functions.values())).stem
     output = Path(args.output) if args.output else Path("build") / f"{stem}.{args.target}"
     result = compile_model(
-        functions if list(functions) != ["main"] else functions["main"],
+        functions,
         args.target,
         output,
         input_shapes=_input_shapes(args),
@@ -186,7 +186,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     functions = _entry_points(args.model)
     report = verify_model(
-        functions if list(functions) != ["main"] else functions["main"],
+        functions,
         args.target,
         inputs=_read_inputs(args.input) or None,
         emulate=args.emulate,

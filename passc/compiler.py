@@ -16,6 +16,7 @@ import onnx_ir as ir
 from passc import __version__
 from passc.artifact import (
     ENTRY,
+    PARAMS,
     Artifact,
     check_output_dir,
     optimized_model_name,
@@ -115,10 +116,34 @@ def prepare_model(
 ) -> Prepared:
     """Loads `model`, binds its input shapes and runs the target's ONNX passes (as `passc
     compile` and `passc tune` both must, so tuning records match the compiled kernels)."""
+    specs, pipeline_path = _pipeline(target, passes, pass_options, pipeline_file, plugins)
+    return _prepare(model, specs, pipeline_path, input_shapes, example_inputs, verify_each, progress)
+
+
+def _pipeline(
+    target: Target,
+    passes: list[str] | None,
+    pass_options: list[str] | dict[str, dict[str, Any]] | None,
+    pipeline_file: str | Path | None,
+    plugins: list[str] | None,
+) -> tuple[list[PassSpec], Path | None]:
+    """The plugins loaded and the pass pipeline built, every name and option checked."""
     for plugin in plugins or []:
         load_plugin(plugin)
     pipeline_path = Path(pipeline_file) if pipeline_file is not None else None
-    specs = build_pipeline(target.default_passes, passes, pass_options, pipeline_path)
+    return build_pipeline(target.default_passes, passes, pass_options, pipeline_path), pipeline_path
+
+
+def _prepare(
+    model: Any,
+    specs: list[PassSpec],
+    pipeline_path: Path | None,
+    input_shapes: dict[str, tuple[int, ...]] | None,
+    example_inputs: tuple[Any, ...] | None,
+    verify_each: bool,
+    progress: Callable[[str], None],
+) -> Prepared:
+    """`prepare_model` with the pipeline already built."""
     progress(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
     loaded = load_model(model, example_inputs)
     if input_shapes:
@@ -189,23 +214,13 @@ def compile_model(
     record_dirs = _record_dirs(target, records)
     check_output_dir(output)
     target.require_cxx()
+    specs, pipeline_path = _pipeline(target, passes, pass_options, pipeline_file, plugins)
     prepared: dict[str, Prepared] = {}
     for name, source in functions.items():
         if len(functions) > 1:
             progress(f"function {name}")
-        prepared[name] = prepare_model(
-            source,
-            target,
-            input_shapes=function_input_shapes(name, input_shapes, functions),
-            example_inputs=example_inputs,
-            passes=passes,
-            pass_options=pass_options,
-            pipeline_file=pipeline_file,
-            plugins=plugins,
-            verify_each=verify_each,
-            progress=progress,
-        )
-    first = next(iter(prepared.values()))
+        shapes = function_input_shapes(name, input_shapes, functions)
+        prepared[name] = _prepare(source, specs, pipeline_path, shapes, example_inputs, verify_each, progress)
     progress(f"lowering with TVM for {target.name} ({target.description})")
     from passc.backends import backend_for
     from passc.lowering import lower
@@ -215,7 +230,7 @@ def compile_model(
         {name: p.loaded.model for name, p in prepared.items()},
         target,
         record_dirs,
-        relax_passes=first.relax_passes,
+        relax_passes=relax_specs(specs),
         progress=progress,
     )
     if lowered.tuned_kernels:
@@ -250,7 +265,7 @@ def compile_model(
             functions=entries,
             kernels=lowered.kernels,
             tuned_kernels=lowered.tuned_kernels,
-            params_bytes=(tmp / "params.bin").stat().st_size if (tmp / "params.bin").exists() else 0,
+            params_bytes=(tmp / PARAMS).stat().st_size if (tmp / PARAMS).exists() else 0,
             constant_bytes=lowered.constant_bytes,
             relax_passes=tuple(r.as_manifest() for r in relax_log),
         )
@@ -258,7 +273,7 @@ def compile_model(
     write_artifact(output, fill)
     if depfile is not None:
         deps = [d for p in prepared.values() for d in p.loaded.dependencies]
-        deps += [first.pipeline_file] if first.pipeline_file else []
+        deps += [pipeline_path] if pipeline_path else []
         write_depfile(Path(depfile), output, deps + _plugin_dependencies(list(plugins or [])))
     progress(f"wrote {output}")
     logs = {name: p.pass_log for name, p in prepared.items()}
