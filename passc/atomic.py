@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_file", "atomic_files", "build_directory"]
+__all__ = ["atomic_file", "atomic_files", "build_directory", "remove_directory"]
 
 
 @contextlib.contextmanager
@@ -91,6 +91,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def remove_directory(final: Path) -> None:
+    """Removes the directory `final`: renamed first to a temporary sibling (one step, so a reader
+    sees it whole or not at all), then deleted; what a killed process leaves there the next
+    `build_directory` of `final` sweeps. Nothing happens if another process removed it first."""
+    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-{os.getpid()}-"))
+    try:
+        os.rename(final, aside / final.name)
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def build_directory(final: Path, fill: Callable[[Path], None], *, replace: bool) -> Path:
     """Runs `fill(tmp)` on an empty temporary directory beside `final`, then renames it to `final`.
 
@@ -121,12 +133,7 @@ def build_directory(final: Path, fill: Callable[[Path], None], *, replace: bool)
             if _exchange(tmp, final):  # tmp now holds the old directory
                 shutil.rmtree(tmp, ignore_errors=True)
                 break
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-{os.getpid()}-"))
-            try:
-                os.rename(final, old / final.name)
-            except FileNotFoundError:
-                pass  # another build moved it first; try the rename again
-            shutil.rmtree(old, ignore_errors=True)
+            remove_directory(final)  # then try the rename again
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if not replace and final.is_dir():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from passc.atomic import build_directory
+from passc.atomic import build_directory, remove_directory
 from passc.errors import PasscError
 from passc.loading import sha256_file
 from passc.lowering import tvm_versions
@@ -78,12 +77,7 @@ def cached_entry(final: Path, fill: Callable[[Path], None]) -> Path:
             "set PASSC_CACHE_DIR to a writable directory"
         ) from None
     if final.exists() and not _intact(final):
-        aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.damaged-"))
-        try:
-            os.rename(final, aside / final.name)
-        except FileNotFoundError:
-            pass  # another process moved it first
-        shutil.rmtree(aside, ignore_errors=True)
+        remove_directory(final)
     return build_directory(final, fill_and_record, replace=False)
 
 
