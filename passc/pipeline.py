@@ -174,17 +174,16 @@ def build_pipeline(
     specs = [PassSpec(name, options.get(name, {})) for name in names]
     for spec in specs:
         spec.instantiate()  # validates names and options now, not halfway through a build
-    stages = [spec.stage for spec in specs]
     onnx = [spec.name for spec in specs if spec.stage == ONNX_STAGE]
     for name in onnx[:-1]:
         if get_pass(name).runs_last:
             raise UsageError(f"pass {name!r} must be the last ONNX pass of the pipeline")
-    if RELAX_STAGE in stages and ONNX_STAGE in stages[stages.index(RELAX_STAGE) :]:
-        relax = specs[stages.index(RELAX_STAGE)].name
-        later = next(s.name for s in specs[stages.index(RELAX_STAGE) :] if s.stage == ONNX_STAGE)
+    first_relax = next((i for i, spec in enumerate(specs) if spec.stage == RELAX_STAGE), len(specs))
+    later = [spec.name for spec in specs[first_relax:] if spec.stage == ONNX_STAGE]
+    if later:
         raise UsageError(
-            f"ONNX pass {later!r} comes after Relax pass {relax!r}: Relax passes run after import, "
-            "so list every ONNX pass first"
+            f"ONNX pass {later[0]!r} comes after Relax pass {specs[first_relax].name!r}: Relax passes "
+            "run after import, so list every ONNX pass first"
         )
     return specs
 
@@ -227,12 +226,13 @@ def run_pipeline(
         inputs = oracle.random_inputs(oracle.input_specs(model))
         reference = oracle.run_onnxruntime(model, inputs)
     records = []
+    after = model_stats(model)
     for spec in specs:
         if spec.stage != ONNX_STAGE:
             continue
         instance = spec.instantiate()
         instance.explain = explain and instance.explains
-        before = model_stats(model)
+        before = after  # the model as the previous pass left it
         result, seconds = run_pass(instance, model)
         model = result.model
         tolerance = instance.tolerance

@@ -68,18 +68,20 @@ def run_relax_passes(
 ) -> tuple[Any, list[PassRecord]]:
     """Runs the Relax passes `specs` in order; returns the module and a record of each."""
     records = []
+    after = relax_stats(mod)
     for spec in specs:
         instance = spec.instantiate()
-        before = relax_stats(mod)
+        before = after  # the module as the previous pass left it
         result, seconds = run_pass(instance, mod)
         mod = result.mod
+        after = relax_stats(mod)
         record = PassRecord(
             spec.name,
             dataclasses.asdict(instance.options),
             result.modified,
             seconds,
             before,
-            relax_stats(mod),
+            after,
             dict(sorted(instance.fired.items())),
             instance.tolerance,
         )
