@@ -60,11 +60,16 @@ class Backend(Protocol):
         """Library dispatch and legalization: the fused, legalized PrimFuncs (tuning's tasks)."""
         ...
 
+    def schedule(self, mod: Any, tvm_target: Any, records: list[Path]) -> tuple[Any, int]:
+        """The legalized module's kernels scheduled (tuning records first), before lowering;
+        returns it and how many kernels took a record."""
+        ...
+
     def build(self, mod: Any, tvm_target: Any, records: list[Path]) -> Built:
         """Legalize, schedule (tuning records first), lower and compile the Relax module."""
         ...
 
-    def write(self, built_executable: Any, out_dir: Path, target: Target) -> list[str]:
+    def write(self, executable: Any, out_dir: Path, target: Target) -> list[str]:
         """Writes the compiled module into the artifact directory; returns the file names."""
         ...
 

@@ -117,6 +117,7 @@ def missing_functions(library: Path, runtime: list[Path]) -> list[str]:
     A compiled module calls TVM's global functions (the VM's builtins, a kernel's extern calls such
     as `tvm.contrib.sort.argsort`) by their registered names, which it holds as strings; the ones
     this compiler's TVM registers are looked for among the runtime libraries' strings."""
+    import tvm  # noqa: F401  (registers TVM's global functions, so that the registry lists them)
     import tvm_ffi
 
     registered = {name.encode() for name in tvm_ffi.registry.list_global_func_names()}
@@ -214,7 +215,7 @@ class CPURunner:
 
     def _run_bundled(self, function: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
         artifact = self._artifact
-        if not (artifact.path / RUNNER).is_file():
+        if not artifact.bundled:
             raise UsageError(f"{artifact.path} has no bundled runner; compile it with --bundle")
         outputs = artifact.functions[function].outputs
         command = [] if artifact.target.runs_on_host else artifact.target.require_emulator()
