@@ -1,5 +1,5 @@
 """What passes that edit onnx_ir graphs share: reading constants and opsets, naming new initializers,
-and the affine map of an inference BatchNormalization.
+per-channel operands, and the affine map of an inference BatchNormalization.
 
 Passes take these from here, not from one another's private modules.
 """
@@ -9,7 +9,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["batchnorm_affine", "constant", "fresh_initializer", "onnx_opset", "unused_initializer_name"]
+__all__ = [
+    "batchnorm_affine",
+    "constant",
+    "fresh_initializer",
+    "inference_batchnorm",
+    "onnx_opset",
+    "per_channel",
+    "unused_initializer_name",
+]
 
 
 def constant(value: ir.Value | None) -> np.ndarray | None:
@@ -58,3 +66,32 @@ def batchnorm_affine(
     gamma, beta, mean, var = (np.asarray(a).astype(np.float64) for a in (gamma, beta, mean, var))
     scale = gamma / np.sqrt(var + node.attributes.get_float("epsilon", 1e-5))
     return scale, beta - mean * scale
+
+
+def inference_batchnorm(node: ir.Node, channels: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """(scale, shift) of an inference BatchNormalization over `channels` channels whose parameters
+    are constants (`batchnorm_affine`), or the reason it is not one."""
+    if node.attributes.get_int("training_mode", 0):
+        return "BatchNormalization is in training mode"
+    if node.attributes.get_int("spatial", 1) != 1:
+        return "BatchNormalization is not spatial (opset < 9 per-element form)"
+    if len(node.inputs) != 5 or len(node.outputs) != 1:
+        return "BatchNormalization does not have scale, bias, mean and var inputs and one output"
+    params = [constant(v) for v in node.inputs[1:]]
+    for value, array in zip(node.inputs[1:], params, strict=True):
+        if array is None:
+            return f"BatchNormalization input {value.name!r} is not a constant"
+        if array.shape != (channels,):
+            return f"BatchNormalization input {value.name!r} has shape {array.shape}, not ({channels},)"
+    return batchnorm_affine(node, *params)
+
+
+def per_channel(array: np.ndarray, out_rank: int, channels: int) -> np.ndarray | None:
+    """The [channels] vector an operand broadcast against a [N, C, spatial…] output of rank
+    `out_rank` amounts to, or None when it varies along another axis or would grow the output."""
+    if array.ndim > out_rank:
+        return None
+    full = (1,) * (out_rank - array.ndim) + array.shape
+    if full[0] != 1 or any(d != 1 for d in full[2:]) or full[1] not in (1, channels):
+        return None
+    return np.broadcast_to(array.reshape(-1), (channels,))

@@ -214,8 +214,21 @@ NEAR_MISSES = {
     "residual that broadcasts": """c = ReduceMean<axes = [1]>(x)
         t = Conv<pads = [1, 1, 1, 1]>(c, wc)
         y = Add(t, c)""",
-    "grouped conv": """a = Conv<group = 16>(x, wg, b1)
-        y = Conv(a, w2, b2)""",
+    "depthwise then dense (groups differ)": """a = Conv<group = 16, pads = [1, 1, 1, 1]>(x, wd, b16)
+        y = Conv(a, w16, b16)""",
+    "depthwise k×k plus dense 1×1 branches (groups differ)": """a = Conv<group = 16, pads = [1, 1, 1, 1]>(x, wd)
+        b = Conv(x, w16)
+        y = Add(a, b)""",
+    "non-linearity inside a branch": """a = Conv<group = 16, pads = [1, 1, 1, 1]>(x, wd)
+        r = Relu(a)
+        y = Add(r, x)""",
+    "second consumer of a branch": """a = Conv<group = 16, pads = [1, 1, 1, 1]>(x, wd)
+        s = Add(a, x)
+        y = Mul(s, a)""",
+    "add of a constant before a padded conv": """a = Add(x, c16)
+        y = Conv<group = 16, pads = [1, 1, 1, 1]>(a, wd)""",
+    "mul by a per-position constant": """a = Conv<group = 16, pads = [1, 1, 1, 1]>(x, wd)
+        y = Mul(a, cpos)""",
     "branches with different dilations": """a = Conv<pads = [2, 2, 2, 2], dilations = [2, 2]>(x, w3)
         b = Conv<pads = [1, 1, 1, 1]>(x, w3b)
         y = Add(a, b)""",
@@ -232,7 +245,11 @@ def test_near_misses_are_left_alone(case: str) -> None:
         "w2k": _w(16, 64, 3, 3),
         "w7": _w(64, 16, 7, 7),
         "w3": _w(16, 16, 3, 3),
-        "wg": _w(64, 1, 1, 1),
+        "wd": _w(16, 1, 3, 3),
+        "w16": _w(16, 16, 1, 1),
+        "b16": _w(16),
+        "c16": _w(1, 16, 1, 1),
+        "cpos": _w(1, 1, 12, 10),
         "wc": _w(16, 1, 3, 3),
         "w3b": _w(16, 16, 3, 3),
     }

@@ -7,7 +7,7 @@ import logging
 
 import onnx_ir as ir
 from onnxscript.rewriter import RewriteRuleSet
-from passc.passes.fold_linear_blocks.conv_rules import FoldBatchNormIntoConv, FoldBranchSum, FoldConvIntoConv
+from passc.passes.fold_linear_blocks.conv_rules import AFFINE_OPS, FoldBranches, FoldChain
 from passc.passes.fold_linear_blocks.matmul_rules import (
     FoldBiasedMatMulChain,
     FoldGemmChain,
@@ -58,13 +58,32 @@ class FoldLinearBlocks(PasscPass):
     def rules(self) -> RewriteRuleSet:
         o, fired = self.options, self.fired
         conv = {"max_kernel": o.max_kernel, "allow_mac_increase": o.allow_mac_increase}
+        short = {"BatchNormalization": "batchnorm"}
+        chains = [("Conv", "Conv")] + [
+            pair for linear in ("Conv", "Gemm") for a in AFFINE_OPS for pair in ((linear, a), (a, linear))
+        ]
+        rules = [
+            FoldChain.rule(f"{short.get(a, a).lower()}-{short.get(b, b).lower()}", fired, a, b, **conv)
+            for a, b in chains
+        ]
+        for linear in ("Conv", "Gemm"):
+            lin = linear.lower()
+            for branch, tag in (
+                (linear, lin),
+                ("BatchNormalization", "batchnorm"),
+                ("Mul", "scaled"),
+                (None, "identity"),
+            ):
+                rules.append(FoldBranches.rule(f"{lin}-plus-{tag}", fired, linear, branch, **conv))
+                rules.append(
+                    FoldBranches.rule(f"{lin}-minus-{tag}", fired, linear, branch, "Sub", True, **conv)
+                )
+                rules.append(
+                    FoldBranches.rule(f"{tag}-minus-{lin}", fired, linear, branch, "Sub", False, **conv)
+                )
         return RewriteRuleSet(
             [
-                FoldBatchNormIntoConv.rule("conv-batchnorm", fired),
-                FoldConvIntoConv.rule("conv-conv", fired, **conv),
-                FoldBranchSum.rule("conv-plus-conv", fired, "Conv", **conv),
-                FoldBranchSum.rule("conv-plus-identity", fired, None, **conv),
-                FoldBranchSum.rule("conv-plus-batchnorm", fired, "BatchNormalization", **conv),
+                *rules,
                 FoldMatMulChain.rule("matmul-matmul", fired, o.allow_mac_increase),
                 FoldBiasedMatMulChain.rule("matmul-add-matmul", fired, o.allow_mac_increase),
                 MergeChainBiases.rule("merge-chain-biases", fired),

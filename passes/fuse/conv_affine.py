@@ -16,22 +16,11 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from passc.passes.fuse._common import FLOAT_TYPES, fail
 
-from passc.graph import batchnorm_affine, constant, fresh_initializer
+from passc.graph import constant, fresh_initializer, inference_batchnorm, per_channel
 
 __all__ = ["conv_affine_rules"]
 
 _KINDS = ("batchnorm", "mul", "add")
-
-
-def _per_channel(array: np.ndarray, out_rank: int, channels: int) -> np.ndarray | None:
-    """The [channels] vector an operand broadcast against a [N, C, spatial…] output amounts to,
-    or None when it varies along another axis or would grow the output's shape."""
-    if array.ndim > out_rank:
-        return None
-    full = (1,) * (out_rank - array.ndim) + array.shape
-    if full[0] != 1 or any(d != 1 for d in full[2:]) or full[1] not in (1, channels):
-        return None
-    return np.broadcast_to(array.reshape(-1), (channels,))
 
 
 class _ConvAffine(pattern.RewriteRuleClassBase):
@@ -78,25 +67,14 @@ class _ConvAffine(pattern.RewriteRuleClassBase):
         return pattern.MatchResult()
 
     def _batchnorm(self, bn: ir.Node, channels: int):
-        if bn.attributes.get_int("training_mode", 0):
-            return fail("BatchNormalization is in training mode", bn)
-        if bn.attributes.get_int("spatial", 1) != 1:
-            return fail("BatchNormalization is not spatial (opset < 9 per-element form)", bn)
-        if len(bn.inputs) != 5:
-            return fail("BatchNormalization does not have scale, bias, mean and var inputs", bn)
-        params = [constant(v) for v in bn.inputs[1:]]
-        for value, array in zip(bn.inputs[1:], params, strict=True):
-            if array is None:
-                return fail(f"BatchNormalization input {value.name!r} is not a constant", bn)
-            if array.shape != (channels,):
-                return fail(f"BatchNormalization input {value.name!r} has shape {array.shape}", bn)
-        return batchnorm_affine(bn, *params)
+        scale_shift = inference_batchnorm(bn, channels)
+        return fail(scale_shift, bn) if isinstance(scale_shift, str) else scale_shift
 
     def _mul_or_add(self, node: ir.Node, operand: ir.Value, out_rank: int, channels: int):
         array = constant(operand)
         if array is None:
             return fail(f"{node.op_type} operand {operand.name!r} is not a constant", node)
-        vector = _per_channel(array, out_rank, channels)
+        vector = per_channel(array, out_rank, channels)
         if vector is None:
             return fail(
                 f"{node.op_type} operand of shape {list(array.shape)} is not per-channel for a "
