@@ -12,6 +12,7 @@ import onnx_ir as ir
 __all__ = [
     "batchnorm_affine",
     "constant",
+    "describe",
     "fresh_initializer",
     "inference_batchnorm",
     "onnx_opset",
@@ -95,3 +96,11 @@ def per_channel(array: np.ndarray, out_rank: int, channels: int) -> np.ndarray |
     if full[0] != 1 or any(d != 1 for d in full[2:]) or full[1] not in (1, channels):
         return None
     return np.broadcast_to(array.reshape(-1), (channels,))
+
+
+def describe(node: ir.Node) -> str:
+    """A node for people: its name, or its op and first output when it has none."""
+    if node.name:
+        return node.name
+    output = node.outputs[0].name if node.outputs else "?"
+    return f"{node.op_type}->{output}"

@@ -16,8 +16,10 @@ from passc.passes.fold_linear_blocks.matmul_rules import (
 )
 
 from passc.errors import UsageError
+from passc.explain import RuleReport
 from passc.pass_base import PasscPass
 from passc.registry import register_pass
+from passc.rule_tracing import NearMissTracer, RecordingRule
 
 __all__ = ["FoldLinearBlocks"]
 
@@ -26,16 +28,23 @@ logger = logging.getLogger(__name__)
 
 @register_pass("fold-linear-blocks")
 class FoldLinearBlocks(PasscPass):
-    """Folds chains and sums of linear ops (conv → 1×1 conv, BatchNorm, residual, MatMul chains) into one op.
+    """Folds chains and sums of linear ops (convs, BatchNorm, per-channel scales and shifts, residuals,
+    Gemm and MatMul chains) into one op, as structural re-parameterisation (RepVGG, MobileOne,
+    RepViT, FastViT) and SESR's collapsible blocks do by hand.
 
-    Math (A then B, both convolutions, B 1×1):  W[o,c,:] = Σ_p W_B[o,p] · W_A[p,c,:],  b = W_B·b_A + b_B.
-    BatchNorm: W ← W·s, b ← b·s + t with (s, t) from `passc.graph.batchnorm_affine`.  A residual Add of
-    the block input adds 1 at the centre tap of W[o,o]; parallel branches add their kernels tap by tap;
-    k×k chains compose into the full convolution of their kernels.  MatMul chains: W = W1·W2,
-    b = b1·W2 + b2.
+    Math (`conv_math.ConvMap`): A then B, B 1×1:  W[o,c,:] = Σ_p W_B[o,p] · W_A[p,c,:],
+    b = W_B·b_A + b_B; k×k chains compose into the full convolution of their kernels; parallel
+    branches add their kernels tap by tap (a residual adds 1 at the centre tap). A grouped conv is
+    the dense conv with a block-diagonal weight, so grouped and depthwise convs fold group by group
+    and keep the groups both sides share (the gcd of their counts). BatchNorm, Mul/Div/Add/Sub by a
+    per-channel constant and the identity are depthwise 1×1 convs. A Gemm is a 0-d conv.
+    MatMul chains: W = W1·W2, b = b1·W2 + b2.
     Exact in real arithmetic (tolerance 0); it never folds across a non-linearity, through a tensor
-    with a second consumer, or where padding, stride or grouping would make the result differ.
+    with a second consumer, where padding or stride would make the result differ, or where the
+    folded op would cost more multiply-accumulates than the ops it replaces (unless asked).
     """
+
+    explains = True
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Options:
@@ -94,12 +103,23 @@ class FoldLinearBlocks(PasscPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.fired.clear()
-        rules = self.rules()
+        report = self.report = RuleReport(fired=self.fired)
+        created: set[ir.Node] = set()
+        rules = self.rules().rules
+        recording = RewriteRuleSet([RecordingRule(r.name, r, report.matches, created) for r in rules])
         for _ in range(self.options.max_rounds):
-            if not rules.apply_to_model(model):
+            if not recording.apply_to_model(model):  # type: ignore[arg-type]
                 break
+        if self.explain:
+            by_name: dict[str, list] = {}
+            for rule in rules:
+                by_name.setdefault(rule.name, []).append(rule)
+            for name, named in by_name.items():
+                tracer = NearMissTracer(name, created)
+                RewriteRuleSet(named).apply_to_model(model, tracer=tracer)
+                report.near_misses.extend(tracer.near_misses())
         modified = bool(self.fired)
         if modified:
             ir.passes.common.RemoveUnusedNodesPass()(model)  # the replaced weights
-            logger.info("fold-linear-blocks: %s", dict(self.fired))
+            logger.info("fold-linear-blocks: %s", report.summary())
         return ir.passes.PassResult(model, modified=modified)

@@ -25,7 +25,14 @@ import math
 
 import numpy as np
 
-__all__ = ["ConvMap"]
+__all__ = ["ConvMap", "mac_increase"]
+
+
+def mac_increase(before: int, after: int, parts: list[ConvMap], groups: int) -> str:
+    """Why a fold of `parts` into one conv with `groups` groups is refused: it costs more."""
+    kept = sorted({p.groups for p in parts if not p.is_channel_affine})
+    why = f" (groups {' and '.join(map(str, kept))} fold to {groups})" if len(kept) > 1 else ""
+    return f"folding would raise MACs per output from {before} to {after}{why}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +127,9 @@ class ConvMap:
         """factor · self(x)."""
         return dataclasses.replace(self, weight=self.weight * factor, bias=self.bias * factor)
 
-    def then(self, after: ConvMap) -> ConvMap | str:
-        """The single convolution equal to `after(self(x))`, or the reason no exact one exists.
+    def then(self, after: ConvMap, max_macs: int | None = None) -> ConvMap | str:
+        """The single convolution equal to `after(self(x))`, or the reason no exact one exists
+        (or, given `max_macs`, why it would cost more multiply-accumulates per output than that).
 
         Per group (both maps first written with g = gcd of their group counts): when B = `after` is
         pointwise, W = W_B·W_A and b = W_B·b_A + b_B keep A's geometry; when A = `self` is
@@ -154,25 +162,34 @@ class ConvMap:
             weight = (after.blocks * scale).reshape(after.weight.shape)
             return dataclasses.replace(after, weight=weight, bias=bias)
         groups = math.gcd(self.groups, after.groups)
+        first_pointwise = self.is_pointwise and (not any(after.pads) or not self.bias.any())
+        if after.is_pointwise:
+            kernel = self.kernel
+        elif first_pointwise:
+            kernel = after.kernel
+        elif any(after.pads):
+            return "the second conv pads its input, which the folded conv cannot reproduce"
+        else:
+            steps = tuple(db * sa for db, sa in zip(after.dilations, self.strides, strict=True))
+            kernel = tuple(
+                (kb - 1) * step + (ka - 1) * da + 1
+                for kb, step, ka, da in zip(after.kernel, steps, self.kernel, self.dilations, strict=True)
+            )
+        macs = after.out_channels * (self.in_channels // groups) * math.prod(kernel)
+        if max_macs is not None and macs > max_macs:
+            return mac_increase(max_macs, macs, [self, after], groups)
         first, second = self.regroup(groups), after.regroup(groups)
         a, b = first.blocks, second.blocks  # [g, P/g, C/g, *kA], [g, O/g, P/g, *kB]
         bias = np.einsum("gop,gp->go", b.sum(axis=tuple(range(3, b.ndim))), first.bias.reshape(groups, -1))
         bias = bias.reshape(-1) + second.bias
         if second.is_pointwise:
-            weight = np.einsum("gop,gpc...->goc...", b.reshape(b.shape[:3]), a).reshape(-1, *a.shape[2:])
+            mix = b.reshape(b.shape[:3])
+            weight = np.einsum("gop,gpc...->goc...", mix, a, optimize=True).reshape(-1, *a.shape[2:])
             return dataclasses.replace(first, weight=weight, bias=bias)
-        if first.is_pointwise and (not any(second.pads) or not first.bias.any()):
-            weight = np.einsum("gop...,gpc->goc...", b, a.reshape(a.shape[:3])).reshape(
-                -1, a.shape[2], *second.kernel
-            )
+        if first_pointwise:
+            mix = a.reshape(a.shape[:3])
+            weight = np.einsum("gop...,gpc->goc...", b, mix, optimize=True).reshape(-1, a.shape[2], *kernel)
             return dataclasses.replace(second, weight=weight, bias=bias)
-        if any(second.pads):
-            return "the second conv pads its input, which the folded conv cannot reproduce"
-        steps = tuple(db * sa for db, sa in zip(second.dilations, first.strides, strict=True))
-        kernel = tuple(
-            (kb - 1) * step + (ka - 1) * da + 1
-            for kb, step, ka, da in zip(second.kernel, steps, first.kernel, first.dilations, strict=True)
-        )
         weight = np.zeros((*b.shape[:2], a.shape[2], *kernel), np.result_type(a, b))
         for tb in itertools.product(*map(range, second.kernel)):
             for ta in itertools.product(*map(range, first.kernel)):

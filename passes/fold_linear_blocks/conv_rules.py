@@ -19,10 +19,11 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
-from passc.passes.fold_linear_blocks.conv_math import ConvMap
+from passc.passes.fold_linear_blocks.conv_math import ConvMap, mac_increase
 from passc.passes.fold_linear_blocks.rule_support import FoldRule
 
 from passc.graph import constant, inference_batchnorm, per_channel
+from passc.rule_tracing import NOT_A_NEAR_MISS
 
 __all__ = ["AFFINE_OPS", "FoldBranches", "FoldChain"]
 
@@ -102,7 +103,7 @@ def affine_map(node: ir.Node, data: ir.Value, rank: int, channels: int) -> ConvM
     operand = node.inputs[1 - position]
     array = constant(operand)
     if array is None or array.dtype.kind != "f":
-        return f"the {node.op_type}'s other operand is not a floating-point constant"
+        return f"{NOT_A_NEAR_MISS}the {node.op_type}'s other operand is not a floating-point constant"
     vector = per_channel(array, rank + 2, channels)
     if vector is None:
         return f"the {node.op_type}'s constant of shape {list(array.shape)} is not per-channel"
@@ -137,15 +138,7 @@ class _ConvFoldRule(FoldRule):
             return result.fail(f"the folded kernel {folded.kernel} exceeds max_kernel={self.max_kernel}")
         macs = sum(p.macs_per_output for p in parts)
         if folded.macs_per_output > macs and not self.allow_mac_increase:
-            groups = sorted({p.groups for p in parts if not p.is_channel_affine})
-            why = (
-                f" (groups {' and '.join(map(str, groups))} fold to {folded.groups})"
-                if len(groups) > 1
-                else ""
-            )
-            return result.fail(
-                f"folding would raise MACs per output from {macs} to {folded.macs_per_output}{why}"
-            )
+            return result.fail(mac_increase(macs, folded.macs_per_output, parts, folded.groups))
         self._folded = folded
         self.remember(context, out)
         return result
@@ -203,7 +196,8 @@ class FoldChain(_ConvFoldRule):
         for m in (first, second):
             if isinstance(m, str):
                 return MatchResult().fail(m)
-        return self.accept(first.then(second), [first, second], context, out)
+        limit = None if self.allow_mac_increase else first.macs_per_output + second.macs_per_output
+        return self.accept(first.then(second, limit), [first, second], context, out)
 
     @staticmethod
     def _map(node: ir.Node, data: ir.Value, rank: int, channels: int) -> ConvMap | str:

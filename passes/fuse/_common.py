@@ -22,7 +22,6 @@ __all__ = [
     "axes_of",
     "either",
     "fail",
-    "describe",
 ]
 
 # The element types whose ops (Conv, Gemm, LayerNormalization, Gelu, …) onnxruntime's CPU EP runs.
@@ -92,11 +91,3 @@ def fail(reason: str, *where: ir.Node | ir.Value | None) -> pattern.MatchResult:
     """A failed match with its reason and the nodes or values it concerns (for --explain)."""
     sources = [w for w in where if w is not None]
     return pattern.MatchResult().fail(reason, sources or None)
-
-
-def describe(node: ir.Node) -> str:
-    """A node for people: its name, or its op and first output when it has none."""
-    if node.name:
-        return node.name
-    output = node.outputs[0].name if node.outputs else "?"
-    return f"{node.op_type}->{output}"

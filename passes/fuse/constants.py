@@ -21,9 +21,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 from onnxscript.optimizer import fold_constants_ir
-from passc.passes.fuse._common import describe
 
-from passc.graph import constant
+from passc.graph import constant, describe
 
 __all__ = ["CONSTANTS", "fold_small_constants"]
 

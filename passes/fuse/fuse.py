@@ -10,12 +10,12 @@ import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import RewriteRuleSet
 from passc.passes.fuse.constants import fold_small_constants
 from passc.passes.fuse.rules import CONSTANTS, IDENTITY, RULE_NAMES, RuleEntry, catalogue
-from passc.passes.fuse.tracing import NearMissTracer, RecordingRule
 
 from passc.errors import PasscError
 from passc.explain import Match, RuleReport
 from passc.pass_base import PasscPass
 from passc.registry import register_pass
+from passc.rule_tracing import NearMissTracer, RecordingRule
 
 __all__ = ["Fuse"]
 

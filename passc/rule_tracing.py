@@ -1,4 +1,4 @@
-"""How the fuse pass fills its `passc.explain.RuleReport`: where rules matched, why near misses were rejected.
+"""How a rule-based pass fills its `passc.explain.RuleReport`: where rules matched, why near misses failed.
 
 Matches are recorded by wrapping each onnxscript rule (`RecordingRule`); near misses come from
 onnxscript's tracer hook (`MatchingTracer.log`), which sees every attempted match with its status
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import onnx_ir as ir
 from onnxscript.rewriter import MatchingTracer, MatchResult, MatchStatus, RewriteRule
-from passc.passes.fuse._common import describe
 
 from passc.explain import Match, NearMiss
+from passc.graph import describe
 
-__all__ = ["RecordingRule", "NearMissTracer"]
+__all__ = ["NOT_A_NEAR_MISS", "NearMissTracer", "RecordingRule"]
 
 _OTHER_USES = "other uses"
+# A check() reason that starts with this rejects a match the pattern could not rule out by its
+# structure alone (a Mul whose other operand is not a constant): it is not reported as a near miss.
+NOT_A_NEAR_MISS = "(no near miss) "
 
 
 class RecordingRule:
@@ -57,6 +60,8 @@ class NearMissTracer(MatchingTracer):
         if len(matched) < 2 or node in self._created:
             return
         reason = match_result.reason
+        if reason.startswith(NOT_A_NEAR_MISS):
+            return
         if status == MatchStatus.NO_MATCH and _OTHER_USES in reason:
             reason = "an intermediate value has another consumer or is a graph output"
         elif status != MatchStatus.CONDITION_FAILED:
