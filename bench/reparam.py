@@ -67,10 +67,11 @@ def _counts(model) -> dict[str, float]:
 
 
 def _relative_error(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
-    """Max |got − expected| over the outputs, relative to each expected output's range."""
+    """Max |got − expected| over the outputs (in order: the two forms name them differently),
+    relative to each expected output's range."""
     return max(
-        float(np.abs(got[k] - v).max() / max(np.ptp(v), np.finfo(np.float32).tiny))
-        for k, v in expected.items()
+        float(np.abs(g - e).max() / max(np.ptp(e), np.finfo(np.float32).tiny))
+        for g, e in zip(got.values(), expected.values(), strict=True)
     )
 
 
