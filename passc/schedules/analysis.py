@@ -28,6 +28,7 @@ __all__ = [
     "divisor",
     "epilogue_block",
     "inline_injective",
+    "inline_side_inputs",
     "named_reduction",
     "per_load",
     "reduction_chunk",
@@ -96,6 +97,34 @@ def inline_injective(sch: s_tir.Schedule, blocks: list[SBlockInfo]) -> list[SBlo
             if changed:
                 break
     return blocks
+
+
+def inline_side_inputs(
+    sch: s_tir.Schedule, blocks: list[SBlockInfo], index: int
+) -> tuple[list[SBlockInfo], int]:
+    """Inlines into its consumers each injective block before the reduction `blocks[index]` that the
+    reduction does not read, directly or through other blocks: an operand of the epilogue alone
+    (MetaFormer's res_scale · x + mlp(x)), which the epilogue then computes per output element,
+    under the reduction's tile. A rule that computes its epilogue there needs that: the tile loop
+    must hold every producer of the epilogue. Returns the blocks left and the reduction's index."""
+    feeding: set[str] = set()
+    pending = [blocks[index].block_rv]
+    while pending:
+        for producer in sch.get_producers(pending.pop()):
+            name = sch.get(producer).name_hint
+            if name not in feeding:
+                feeding.add(name)
+                pending.append(producer)
+    left = []
+    for i, block in enumerate(blocks):
+        if i < index and block.name not in feeding and block.is_injective():
+            try:
+                sch.compute_inline(block.block_rv)
+                continue
+            except REFUSALS:
+                pass
+        left.append(block)
+    return left, left.index(blocks[index])
 
 
 def named_reduction(blocks: list[SBlockInfo], name: str) -> int | None:

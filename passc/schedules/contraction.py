@@ -16,6 +16,7 @@ from passc.schedules.analysis import (
     divisor,
     epilogue_block,
     inline_injective,
+    inline_side_inputs,
     root_blocks,
     tile_factors,
     vectorize_flat,
@@ -98,7 +99,8 @@ class Contraction(Rule):
             if blocks is None:
                 return None
             index = next(i for i, b in enumerate(blocks) if not b.is_injective())
-            main = blocks[index]
+        blocks, index = inline_side_inputs(sch, blocks, index)
+        main = blocks[index]
         consumers = inline_injective(sch, blocks[index + 1 :])
         producers = blocks[:index]
         if len(consumers) > 1:

@@ -46,6 +46,7 @@ from passc.schedules.analysis import (
     divisor,
     epilogue_block,
     inline_injective,
+    inline_side_inputs,
     named_reduction,
     per_load,
     reduction_chunk,
@@ -288,6 +289,7 @@ class PackedConv(Rule):
         index = named_reduction(blocks, PACKED_CONV)
         if index is None:
             return None
+        blocks, index = inline_side_inputs(sch, blocks, index)
         main = blocks[index]
         if main.dom_kind() != "SSSSRRR":
             return None

@@ -36,6 +36,7 @@ from passc.schedules.analysis import (
     PARALLEL_MIN,
     epilogue_block,
     inline_injective,
+    inline_side_inputs,
     named_reduction,
     tile_factors,
     vectorize_flat,
@@ -180,6 +181,7 @@ class PackedDense(Rule):
         index = named_reduction(blocks, PACKED_DENSE)
         if index is None or blocks[index].dom_kind() != "SSR":
             return None
+        blocks, index = inline_side_inputs(sch, blocks, index)
         main = blocks[index]
         extents = main.dom()
         packed = [r.source for r in sch.get(main.block_rv).reads if len(r.source.shape) == 3]

@@ -32,6 +32,7 @@ from passc.schedules.analysis import (
     divisor,
     epilogue_block,
     inline_injective,
+    inline_side_inputs,
     named_reduction,
     tile_factors,
     vector_lanes,
@@ -135,6 +136,7 @@ class PackedDepthwise(Rule):
         index = named_reduction(blocks, PACKED_DEPTHWISE)
         if index is None or blocks[index].dom_kind() != "SSSSRR":
             return None
+        blocks, index = inline_side_inputs(sch, blocks, index)
         if [b.name for b in blocks[:index]] != [DEPTHWISE_BLOCKS]:
             return None
         main, copy = blocks[index], blocks[0]

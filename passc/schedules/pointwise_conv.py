@@ -22,6 +22,7 @@ from passc.schedules.analysis import (
     divisor,
     epilogue_block,
     inline_injective,
+    inline_side_inputs,
     named_reduction,
     per_load,
     reduction_chunk,
@@ -136,6 +137,7 @@ class PointwiseConv(Rule):
         index = named_reduction(blocks, POINTWISE_CONV)
         if index is None:
             return None
+        blocks, index = inline_side_inputs(sch, blocks, index)
         main = blocks[index]
         extents = main.dom()
         _, out_channels, height, width, _ = extents

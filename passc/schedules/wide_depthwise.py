@@ -6,7 +6,13 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.dlight.analysis import SBlockInfo
 
-from passc.schedules.analysis import divisor, epilogue_block, inline_injective, vector_lanes
+from passc.schedules.analysis import (
+    divisor,
+    epilogue_block,
+    inline_injective,
+    inline_side_inputs,
+    vector_lanes,
+)
 from passc.schedules.base import Rule
 from passc.schedules.cpu import CPUSpec
 
@@ -41,6 +47,7 @@ class WideDepthwise(Rule):
         index = next((i for i, b in enumerate(blocks) if not b.is_injective()), None)
         if index is None or any(not b.is_injective() for b in blocks[index + 1 :]):
             return None
+        blocks, index = inline_side_inputs(sch, blocks, index)
         main = blocks[index]
         kinds, extents = main.dom_kind(), main.dom()
         depthwise = main.name.startswith("group_conv2d_nchw") and kinds == "SSSSRRR"
