@@ -832,3 +832,36 @@ def test_an_epilogue_operand_computed_before_the_reduction_keeps_the_packed_rule
     got = passc.compile(path, target="host", output=tmp_path / "art").run(inputs)
     for error in oracle.compare(got, oracle.run_onnxruntime(model, inputs)):
         assert error.max_rel < 1e-5, error
+
+
+def test_a_schedule_that_recomputes_a_block_is_declined() -> None:
+    """dlight's Reduction rule, given the packed dense of a residual whose scale it cannot place,
+    packs the row tiles again for every output element; the guard counts block runs from the
+    TIR and declines it, so that kernel falls to the next rule instead of shipping a cliff."""
+    from tvm.s_tir import dlight
+
+    from passc import schedules
+    from passc.schedules.rules import default_rules
+    from passc.schedules.work import block_runs, recomputed
+
+    rng = np.random.default_rng(0)
+    model = weighted_model(
+        "(float[1, 400, 16] x) => (float t)",
+        """s = Mul(x, scale)
+           h = Softmax(x)
+           d = MatMul(h, w)
+           t = Add(s, d)""",
+        scale=rng.uniform(0.5, 1.5, 16).astype(np.float32),
+        w=rng.standard_normal((16, 16)).astype(np.float32),
+    )
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    (func,) = [f for k, f in legalized_kernels(model, target).items() if "dense_packed" in k]
+    with target:
+        raw = dlight.cpu.Reduction().apply(func, target, False)
+        assert raw is not None
+        repacked = recomputed(func, raw.mod["main"])
+        assert repacked.get("dense_rows_packed", 0) > 10, repacked
+        assert default_rules()[-1].apply(func, target, False) is None  # the same rule, guarded
+        packed = schedules.PackedDense().apply(func, target, False)
+    assert packed is not None and not recomputed(func, packed.mod["main"])
+    assert block_runs(packed.mod["main"])["dense_packed"] == block_runs(func)["dense_packed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 from tvm import s_tir, tirx
@@ -12,15 +13,18 @@ from tvm.target import Target
 
 from passc.schedules.analysis import REFUSALS, root_blocks
 from passc.schedules.cpu import CPUSpec, cpu_spec, for_bits
+from passc.schedules.work import RUNS_SLACK, recomputed
 
 __all__ = ["Rule"]
+
+logger = logging.getLogger(__name__)
 
 
 class Rule(ScheduleRule):
     """A CPU rule: `schedule` gets an LLVM target's PrimFunc as its root blocks (`root_blocks`,
     after its scalar blocks are inlined) and the CPU spec for the output's element size (`spec`,
     else the target's). It returns the schedule, or None; a refusal it raises (`REFUSALS`) also
-    means "does not apply"."""
+    means "does not apply", and so does a schedule that recomputes a block (`checked`)."""
 
     def __init__(self, spec: CPUSpec | None = None) -> None:
         self.spec = spec
@@ -35,9 +39,31 @@ class Rule(ScheduleRule):
             if not blocks:
                 return None
             output_bits = sch.get(blocks[-1].block_rv).writes[0].source.dtype.bits
-            return self.schedule(sch, blocks, for_bits(self.spec or cpu_spec(target), output_bits))
+            scheduled = self.schedule(sch, blocks, for_bits(self.spec or cpu_spec(target), output_bits))
         except REFUSALS:
             return None
+        return self.checked(func, scheduled)
+
+    def checked(self, func: tirx.PrimFunc, scheduled: Any) -> Any:
+        """`scheduled`, or None when it runs a block more than RUNS_SLACK times as often as the
+        legalized loop nest `func` does (`passc.schedules.work`): the rule declines, logged, and
+        the next rule (at worst the plain loops) takes the kernel."""
+        if scheduled is None:
+            return None
+        first = scheduled[0] if isinstance(scheduled, list) else scheduled
+        blocks = recomputed(func, first.mod["main"])
+        if not blocks:
+            return scheduled
+        worst = max(blocks, key=blocks.get)
+        logger.warning(
+            "schedule rule %s declined a kernel: it would run block %r %.0f× as often as the loop nest "
+            "(more than %g×)",
+            type(self).__name__,
+            worst,
+            blocks[worst],
+            RUNS_SLACK,
+        )
+        return None
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
         raise NotImplementedError

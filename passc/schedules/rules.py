@@ -54,7 +54,8 @@ def default_rules(spec: CPUSpec | None = None) -> list[ScheduleRule]:
 
 
 class _Guarded(Rule):
-    """A dlight rule whose schedule errors count as "does not apply", like passc's own."""
+    """A dlight rule whose schedule errors, and schedules that recompute a block, count as "does
+    not apply", like passc's own."""
 
     def __init__(self, rule: ScheduleRule) -> None:
         super().__init__()
@@ -62,7 +63,7 @@ class _Guarded(Rule):
 
     def apply(self, func: Any, target: Target, tunable: bool) -> s_tir.Schedule | None:
         try:
-            return self.rule.apply(func, target, tunable)
+            return self.checked(func, self.rule.apply(func, target, tunable))
         except REFUSALS:
             return None
 
