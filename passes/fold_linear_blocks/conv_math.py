@@ -123,6 +123,12 @@ class ConvMap:
         weight = dense.reshape(self.out_channels, r * self.weight.shape[1], *self.kernel)
         return dataclasses.replace(self, weight=weight, groups=groups)
 
+    def through(self, vector: np.ndarray) -> np.ndarray:
+        """Σ_p Σ_t W[o, p, t] · v[p] over each group's channels p: the map's output, bias aside, for
+        an input that holds v[p] at every position (how a bias before it comes out after it)."""
+        taps = self.blocks.sum(axis=tuple(range(3, self.blocks.ndim)))  # [g, O/g, C/g]
+        return np.einsum("gop,gp->go", taps, vector.reshape(self.groups, -1)).reshape(-1)
+
     def scaled(self, factor: float) -> ConvMap:
         """factor · self(x)."""
         return dataclasses.replace(self, weight=self.weight * factor, bias=self.bias * factor)
@@ -151,16 +157,8 @@ class ConvMap:
             return dataclasses.replace(self, weight=weight, bias=scale * self.bias + after.bias)
         if self.is_channel_affine and (not any(after.pads) or not self.bias.any()):
             scale = self.weight.reshape(after.groups, 1, -1, *([1] * after.rank))
-            bias = (
-                np.einsum(
-                    "gop,gp->go",
-                    after.blocks.sum(axis=tuple(range(3, after.blocks.ndim))),
-                    self.bias.reshape(after.groups, -1),
-                ).reshape(-1)
-                + after.bias
-            )
             weight = (after.blocks * scale).reshape(after.weight.shape)
-            return dataclasses.replace(after, weight=weight, bias=bias)
+            return dataclasses.replace(after, weight=weight, bias=after.through(self.bias) + after.bias)
         groups = math.gcd(self.groups, after.groups)
         first_pointwise = self.is_pointwise and (not any(after.pads) or not self.bias.any())
         if after.is_pointwise:
@@ -178,10 +176,9 @@ class ConvMap:
         macs = after.out_channels * (self.in_channels // groups) * math.prod(kernel)
         if max_macs is not None and macs > max_macs:
             return mac_increase(max_macs, macs, [self, after], groups)
+        bias = after.through(self.bias) + after.bias
         first, second = self.regroup(groups), after.regroup(groups)
         a, b = first.blocks, second.blocks  # [g, P/g, C/g, *kA], [g, O/g, P/g, *kB]
-        bias = np.einsum("gop,gp->go", b.sum(axis=tuple(range(3, b.ndim))), first.bias.reshape(groups, -1))
-        bias = bias.reshape(-1) + second.bias
         if second.is_pointwise:
             mix = b.reshape(b.shape[:3])
             weight = np.einsum("gop,gpc...->goc...", mix, a, optimize=True).reshape(-1, *a.shape[2:])
