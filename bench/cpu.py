@@ -167,6 +167,15 @@ def interleaved(
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def run_worker(script: str, spec: Path, threads: int) -> subprocess.CompletedProcess[str]:
+    """Runs `script --worker spec` in a new process at `threads` threads (TVM reads
+    TVM_NUM_THREADS once per process); its last stdout line is its JSON result."""
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    return subprocess.run(
+        [sys.executable, script, "--worker", str(spec)], capture_output=True, text=True, env=env
+    )
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
@@ -263,13 +272,7 @@ def main() -> None:
         }
         (base / "spec.json").write_text(json.dumps(spec))
         for threads in args.threads:
-            env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-            done = subprocess.run(
-                [sys.executable, __file__, "--worker", str(base / "spec.json")],
-                capture_output=True,
-                text=True,
-                env=env,
-            )
+            done = run_worker(__file__, base / "spec.json", threads)
             if done.returncode != 0:
                 print(f"{name} ({threads} threads) failed:\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue

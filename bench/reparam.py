@@ -29,7 +29,6 @@ import argparse
 import collections
 import functools
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import platformdirs
-from cpu import PAUSE_S, interleaved
+from cpu import PAUSE_S, interleaved, run_worker
 
 import passc
 from passc import oracle
@@ -158,14 +157,9 @@ def main() -> None:
             ]
             (base / "spec.json").write_text(json.dumps(spec))
             for threads in args.threads:
-                env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-                done = subprocess.run(
-                    [sys.executable, __file__, "--worker", str(base / "spec.json")],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    check=True,
-                )
+                done = run_worker(__file__, base / "spec.json", threads)
+                if done.returncode != 0:
+                    sys.exit(f"{name} ({threads} threads) failed:\n{done.stderr[-2000:]}")
                 row["ms"][threads] = json.loads(done.stdout.strip().splitlines()[-1])
                 ms = row["ms"][threads]
                 print(
