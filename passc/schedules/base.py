@@ -56,14 +56,19 @@ class Rule(ScheduleRule):
             return scheduled
         worst = max(blocks, key=blocks.get)
         logger.warning(
-            "schedule rule %s declined a kernel: it would run block %r %.0f× as often as the loop nest "
-            "(more than %g×)",
-            type(self).__name__,
+            "schedule rule %s declined a kernel: its schedule would run block %r %.0f× as often as "
+            "TVM's loops do (the limit is %g×), so the next rule schedules that kernel",
+            self.rule_name,
             worst,
             blocks[worst],
             RUNS_SLACK,
         )
         return None
+
+    @property
+    def rule_name(self) -> str:
+        """The rule's name in the compile log."""
+        return type(self).__name__
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
         raise NotImplementedError

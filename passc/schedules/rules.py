@@ -61,6 +61,10 @@ class _Guarded(Rule):
         super().__init__()
         self.rule = rule
 
+    @property
+    def rule_name(self) -> str:
+        return f"dlight {type(self.rule).__name__}"
+
     def apply(self, func: Any, target: Target, tunable: bool) -> s_tir.Schedule | None:
         try:
             return self.checked(func, self.rule.apply(func, target, tunable))
