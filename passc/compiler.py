@@ -53,6 +53,13 @@ class CompileResult:
     relax_log: list[PassRecord] = field(default_factory=list)
 
 
+def _source_name(model: Any) -> str:
+    """How the manifest names a function's model: its file name, else its type's name."""
+    if isinstance(model, str | Path):
+        return Path(model).name
+    return type(model).__name__
+
+
 def _plugin_dependencies(plugins: list[str]) -> list[Path]:
     return [Path(p) for p in plugins if p.endswith(".py")]
 
@@ -142,14 +149,16 @@ def _prepare(
     example_inputs: tuple[Any, ...] | None,
     verify_each: bool,
     progress: Callable[[str], None],
+    explain: bool = False,
 ) -> Prepared:
-    """`prepare_model` with the pipeline already built."""
+    """`prepare_model` with the pipeline already built; with `explain`, passes that explain
+    themselves record their near misses too."""
     progress(f"loading {model if isinstance(model, str | Path) else type(model).__name__}")
     loaded = load_model(model, example_inputs)
     if input_shapes:
         bind_input_shapes(loaded.model, input_shapes)
     require_static_shapes(loaded.model)
-    pass_log = run_pipeline(loaded.model, specs, verify_each=verify_each, progress=progress)
+    pass_log = run_pipeline(loaded.model, specs, verify_each=verify_each, explain=explain, progress=progress)
     return Prepared(loaded, pass_log, pipeline_path, relax_specs(specs))
 
 
@@ -190,6 +199,7 @@ def compile_model(
     depfile: str | Path | None = None,
     threads: int | None = None,
     records: list[str | Path] | None = None,
+    explain: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> CompileResult:
     """Compiles `model` into an artifact directory.
@@ -200,7 +210,8 @@ def compile_model(
     or function names to such maps. Every name, option and shape is checked before the slow work
     starts; on any failure the output directory is left as it was. Kernels with tuning records
     (from `passc tune`) in the target's cache, or in the `records` directories if given (`[]`:
-    none), use the fastest record.
+    none), use the fastest record. With `explain`, the pass records of passes that explain
+    themselves say where their rules nearly fired, and why not (for `passc report`).
     """
     from passc.lowering import resolve_target, tvm_versions
 
@@ -220,7 +231,9 @@ def compile_model(
         if len(functions) > 1:
             progress(f"function {name}")
         shapes = function_input_shapes(name, input_shapes, functions)
-        prepared[name] = _prepare(source, specs, pipeline_path, shapes, example_inputs, verify_each, progress)
+        prepared[name] = _prepare(
+            source, specs, pipeline_path, shapes, example_inputs, verify_each, progress, explain
+        )
     progress(f"lowering with TVM for {target.name} ({target.description})")
     from passc.backends import backend_for
     from passc.lowering import lower
@@ -255,6 +268,7 @@ def compile_model(
                 params.get(name, ()),
                 source.loaded.sha256 if source else None,
                 tuple(r.as_manifest() for r in source.pass_log) if source else (),
+                _source_name(functions[name]) if source else None,
             )
         return Manifest(
             passc=__version__,
@@ -268,6 +282,8 @@ def compile_model(
             params_bytes=(tmp / PARAMS).stat().st_size if (tmp / PARAMS).exists() else 0,
             constant_bytes=lowered.constant_bytes,
             relax_passes=tuple(r.as_manifest() for r in relax_log),
+            kernel_flops=lowered.kernel_flops,
+            tuned=lowered.tuned,
         )
 
     write_artifact(output, fill)

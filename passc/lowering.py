@@ -288,6 +288,8 @@ class Lowered:
     constant_bytes: int  # bytes of the distinct weights compiled into the module
     backend: Any
     relax_log: list[Any] = field(default_factory=list)
+    kernel_flops: dict[str, int] = field(default_factory=dict)  # per kernel (`Built.kernel_flops`)
+    tuned: tuple[str, ...] = ()  # the kernels scheduled from tuning records
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -363,6 +365,8 @@ def lower(
         constant_bytes,
         backend,
         imported.relax_log,
+        built.kernel_flops,
+        built.tuned,
     )
 
 

@@ -1,10 +1,12 @@
 """The artifact's manifest.json: one typed definition that `compile` writes and every reader uses.
 
 Format 2 (this one) lists each entry point under `functions`, with its inputs, outputs, runtime
-parameters (their bytes in params.bin, shared between functions where equal), the sha256 of the
-ONNX model it came from and the log of the ONNX passes run on it; `relax_passes` logs the passes
-run on the whole Relax module. Format 1 (passc before entry points) had one function, `main`, and
-its pass log and source hash at the top level: it is read by moving them into `functions.main`.
+parameters (their bytes in params.bin, shared between functions where equal), the sha256 and name
+of the ONNX model it came from and the log of the ONNX passes run on it; `relax_passes` logs the
+passes run on the whole Relax module; `kernel_flops` counts each kernel's arithmetic and `tuned`
+names the kernels scheduled from tuning records (both absent from manifests before `passc report`).
+Format 1 (passc before entry points) had one function, `main`, and its pass log and source hash at
+the top level: it is read by moving them into `functions.main`.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class FunctionEntry:
     params: tuple[ParamEntry, ...] = ()
     source_sha256: str | None = None
     passes: tuple[dict[str, Any], ...] = ()
+    source: str | None = None  # the model's file name, or the torch module's class name
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -73,6 +76,7 @@ class FunctionEntry:
             "outputs": [t.as_json() for t in self.outputs],
             "passes": list(self.passes),
             "source_sha256": self.source_sha256,
+            "source": self.source,
         }
         if self.params:
             data["params"] = [p.as_json() for p in self.params]
@@ -86,6 +90,7 @@ class FunctionEntry:
             tuple(ParamEntry.from_json(p) for p in data.get("params", [])),
             data.get("source_sha256"),
             tuple(data.get("passes", [])),
+            data.get("source"),
         )
 
 
@@ -119,6 +124,8 @@ class Manifest:
     relax_passes: tuple[dict[str, Any], ...] = ()
     files: dict[str, str] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    kernel_flops: dict[str, int] = field(default_factory=dict)  # per kernel, a multiply-add counts 2
+    tuned: tuple[str, ...] = ()  # the kernels scheduled from tuning records
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +135,8 @@ class Manifest:
             "target": self.target.as_json(),
             "functions": {name: f.as_json() for name, f in sorted(self.functions.items())},
             "kernels": self.kernels,
+            "kernel_flops": dict(sorted(self.kernel_flops.items())),
+            "tuned": sorted(self.tuned),
             "tuned_kernels": self.tuned_kernels,
             "weights": {"params_bytes": self.params_bytes, "constant_bytes": self.constant_bytes},
             "relax_passes": list(self.relax_passes),
@@ -167,6 +176,8 @@ class Manifest:
             relax_passes=tuple(data.get("relax_passes", [])),
             files=dict(data.get("files", {})),
             format=FORMAT_VERSION,
+            kernel_flops={str(k): int(v) for k, v in data.get("kernel_flops", {}).items()},
+            tuned=tuple(str(k) for k in data.get("tuned", [])),
         )
 
     @classmethod

@@ -10,7 +10,7 @@ Adding a target kind adds a module and a line to `_BACKENDS`; the core has no br
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,6 +37,8 @@ class Built:
     executable: Any
     kernels: int  # TIR functions (fused kernels) in the compiled module
     tuned_kernels: int  # of those, how many took their schedule from tuning records
+    kernel_flops: dict[str, int] = field(default_factory=dict)  # per kernel, before scheduling
+    tuned: tuple[str, ...] = ()  # the kernels that took their schedule from tuning records
 
 
 class Runner(Protocol):
@@ -60,9 +62,9 @@ class Backend(Protocol):
         """Library dispatch and legalization: the fused, legalized PrimFuncs (tuning's tasks)."""
         ...
 
-    def schedule(self, mod: Any, tvm_target: Any, records: list[Path]) -> tuple[Any, int]:
+    def schedule(self, mod: Any, tvm_target: Any, records: list[Path]) -> tuple[Any, tuple[str, ...]]:
         """The legalized module's kernels scheduled (tuning records first), before lowering;
-        returns it and how many kernels took a record."""
+        returns it and the kernels that took a record."""
         ...
 
     def build(self, mod: Any, tvm_target: Any, records: list[Path]) -> Built:

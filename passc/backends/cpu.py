@@ -57,25 +57,41 @@ def legalize_passes(target: Any) -> list[Any]:
     return passc_legalize_passes()
 
 
-def schedule(mod: Any, target: Any, records: list[Path]) -> tuple[Any, int]:
-    """Schedules every kernel; returns the module and how many kernels took a schedule from the
+def schedule(mod: Any, target: Any, records: list[Path]) -> tuple[Any, tuple[str, ...]]:
+    """Schedules every kernel; returns the module and the kernels that took a schedule from the
     tuning records in `records`. A kernel with a matching record gets its best schedule
     (`MetaScheduleApplyDatabase`), every other kernel passc's default schedule."""
     import tvm
     from tvm import relax
 
     if not schedules_enabled():
-        return mod, 0
+        return mod, ()
     from passc.metaschedule import open_records
     from passc.schedules import schedule_passes
 
-    tuned = 0
+    tuned: tuple[str, ...] = ()
     database = open_records(records)
     if database is not None:
         with database:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        tuned = sum(1 for _, f in mod.functions.items() if _is_scheduled(f))
+        tuned = tuple(sorted(gv.name_hint for gv, f in mod.functions.items() if _is_scheduled(f)))
     return tvm.transform.Sequential(schedule_passes(target))(mod), tuned
+
+
+def kernel_flops(mod: Any) -> dict[str, int]:
+    """Each kernel's arithmetic operations by TVM's `estimate_tir_flops` (a multiply-add counts
+    two); a kernel it cannot count (data-dependent loops) is left out."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            try:
+                flops[gv.name_hint] = int(estimate_tir_flops(tvm.IRModule({gv.name_hint: func})))
+            except tvm.TVMError:
+                continue
+    return flops
 
 
 def dataflow_lower_passes(target: Any) -> list[Any]:
@@ -144,7 +160,7 @@ class CPUBackend:
             phases = library_dispatch_passes(tvm_target) + legalize_passes(tvm_target)
             return tvm.transform.Sequential(phases)(mod)
 
-    def schedule(self, mod: Any, tvm_target: Any, records: list[Path]) -> tuple[Any, int]:
+    def schedule(self, mod: Any, tvm_target: Any, records: list[Path]) -> tuple[Any, tuple[str, ...]]:
         """The legalized module scheduled, before data-flow lowering (what `build` compiles)."""
         with tvm_target:
             return schedule(mod, tvm_target, records)
@@ -152,12 +168,15 @@ class CPUBackend:
     def build(self, mod: Any, tvm_target: Any, records: list[Path]) -> Built:
         import tvm
 
-        mod, tuned = self.schedule(self.legalize(mod, tvm_target), tvm_target, records)
+        legalized = self.legalize(mod, tvm_target)
+        flops = kernel_flops(legalized)
+        mod, tuned = self.schedule(legalized, tvm_target, records)
         with tvm_target:
             phases = dataflow_lower_passes(tvm_target) + finalize_passes(tvm_target)
             mod = tvm.transform.Sequential(phases)(mod)
         kernels = sum(1 for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
-        return Built(tvm.compile(mod, target=tvm_target, relax_pipeline=None), kernels, tuned)
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
+        return Built(executable, kernels, len(tuned), flops, tuned)
 
     def write(self, executable: Any, out_dir: Path, target: Target) -> list[str]:
         export_library(executable, out_dir / LIBRARY, target.require_cxx())
