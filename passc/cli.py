@@ -1,4 +1,4 @@
-"""The `passc` command line: compile, verify, tune, optimize, run, inspect, passes, targets."""
+"""The `passc` command line: compile, verify, tune, optimize, run, report, inspect, passes, targets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -78,7 +79,16 @@ def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
         "verify_each": args.verify_each,
         "threads": args.threads,
         "records": records,
+        "explain": args.report is not None,  # the report lists the rules' near misses
     }
+
+
+def _write_report(args: argparse.Namespace, artifact: Any, path: Path | None, **facts: Any) -> None:
+    """Writes the artifact's report (`--report`) and prints its path."""
+    from passc.report import write_report
+
+    written = write_report(artifact, path, progress=_say(args), **facts)
+    print(written)
 
 
 def _print_pass_log(records: list[Any]) -> None:
@@ -156,6 +166,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_pass_logs(result)
     print(output)
+    if args.report is not None:
+        _write_report(args, result.artifact, args.report or None, compiled=result)
     return 0
 
 
@@ -185,16 +197,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from passc.verify import verify_model
 
     functions = _entry_points(args.model)
-    report = verify_model(
-        functions,
-        args.target,
-        inputs=_read_inputs(args.input) or None,
-        emulate=args.emulate,
-        tolerance=args.tolerance,
-        output=args.output,
-        input_shapes=_input_shapes(args),
-        **_compile_options(args),
-    )
+    with tempfile.TemporaryDirectory(prefix="passc-verify-") as tmp:
+        # With --report, the artifact must outlive verify_model: in -o, else here until reported.
+        stem = f"{next(iter(functions.values())).stem}.{args.target}"
+        output = args.output or (Path(tmp) / stem if args.report is not None else None)
+        report = verify_model(
+            functions,
+            args.target,
+            inputs=_read_inputs(args.input) or None,
+            emulate=args.emulate,
+            tolerance=args.tolerance,
+            output=output,
+            input_shapes=_input_shapes(args),
+            **_compile_options(args),
+        )
+        _print_verification(args, report)
+        if args.report is not None:
+            default = None if args.output else Path("build") / f"{stem}.report.html"
+            path = Path(args.report) if args.report else default
+            _write_report(args, report.compiled.artifact, path, compiled=report.compiled, verified=report)
+    return 0 if report.passed else 1
+
+
+def _print_verification(args: argparse.Namespace, report: Any) -> None:
     where = (
         "under emulation"
         if args.emulate and not report.compiled.artifact.target.runs_on_host
@@ -210,7 +235,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for function in report.unchecked:
         print(f"function {function}: not checked (a Relax pass added it; it has no ONNX model to run)")
     print("verified" if report.passed else "NOT verified: outside tolerance")
-    return 0 if report.passed else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from passc.artifact import Artifact
+
+    artifact = Artifact(args.artifact)
+    _write_report(
+        args,
+        artifact,
+        Path(args.output) if args.output else None,
+        measure_kernels=not args.no_measure,
+        threads=args.threads,
+        rounds=args.rounds,
+    )
+    return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -323,7 +362,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         }
         for v in model.graph.inputs
     ]
-    outputs = [v.name for v in model.graph.outputs]
+    outputs = [
+        {
+            "name": v.name,
+            "dtype": v.dtype.numpy().name if v.dtype is not None else None,
+            "shape": [d if is_static_dim(d) else str(d) for d in v.shape] if v.shape is not None else None,
+        }
+        for v in model.graph.outputs
+    ]
     report = {
         **stats.as_dict(),
         "inputs": inputs,
@@ -342,8 +388,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for value in inputs:
         dynamic = f"  dynamic dims: {value['dynamic_dims']}" if value["dynamic_dims"] else ""
         print(f"  input  {value['name']}: {value['dtype']} [{', '.join(map(str, value['shape']))}]{dynamic}")
-    for name in outputs:
-        print(f"  output {name}")
+    for value in outputs:
+        shape = (
+            f"[{', '.join(map(str, value['shape']))}]" if value["shape"] is not None else "(shape unknown)"
+        )
+        print(f"  output {value['name']}: {value['dtype'] or '(dtype unknown)'} {shape}")
     print("  ops: " + ", ".join(f"{op} {n}" for op, n in report["ops"].items()))
     if "bit_widths" in report:
         names = {32: "float32", 16: "float16"}
@@ -463,6 +512,13 @@ def _parser() -> argparse.ArgumentParser:
         help="apply the tuning records in DIR (repeatable) instead of the target's cache",
     )
     records.add_argument("--no-records", action="store_true", help="apply no tuning records")
+    build.add_argument(
+        "--report",
+        nargs="?",
+        const="",
+        metavar="FILE.html",
+        help="also write the artifact's HTML report (default: beside the artifact, ARTIFACT.report.html)",
+    )
 
     parser = argparse.ArgumentParser(prog="passc", description=__doc__, parents=[global_flags(False)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -548,6 +604,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the .onnx file, or an artifact directory")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "report", parents=[common], help="write an artifact's HTML report: passes, kernel times, sizes"
+    )
+    p.add_argument("artifact", help="artifact directory written by `passc compile`")
+    p.add_argument("-o", "--output", help="the .html file (default: ARTIFACT.report.html, beside it)")
+    p.add_argument("--no-measure", action="store_true", help="do not time the kernels on this machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads to time with (default: the artifact's, at most the CPUs)",
+    )
+    p.add_argument("--rounds", type=int, default=5, metavar="N", help="timed runs per kernel (default 5)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("passes", parents=[common], help="list passes and their options")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE")

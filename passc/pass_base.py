@@ -12,12 +12,15 @@ import dataclasses
 import types
 import typing
 from collections import Counter
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx_ir as ir
 
 from passc.errors import UsageError
 from passc.explain import RuleReport
+
+if TYPE_CHECKING:
+    from passc.report.page import Section
 
 __all__ = [
     "BIT_WIDTHS_KEY",
@@ -71,6 +74,12 @@ class _PassOptions:
     def summary(cls) -> str:
         """The first line of the class docstring."""
         return next(iter((cls.__doc__ or "").strip().splitlines()), "")
+
+    @classmethod
+    def report_sections(cls, record: dict[str, Any], model: ir.Model | None) -> list[Section]:
+        """The pass's own sections of `passc report`, from its pass-log `record` (as in the
+        manifest) and the optimised `model` it ran on (None for a Relax pass): none by default."""
+        return []
 
 
 class PasscPass(_PassOptions, ir.passes.InPlacePass):

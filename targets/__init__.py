@@ -2,8 +2,9 @@
 
 A file gives the TVM target dict, the C++ toolchain that links and builds the runner, the wheel
 platform that supplies the target's TVM runtime libraries, an emulator command (for targets the
-host cannot run natively), the default thread count, and a pass list where the target's differs from
-passc's default (`passc.pipeline.DEFAULT_PASSES`).
+host cannot run natively), the default thread count, a pass list where the target's differs from
+passc's default (`passc.pipeline.DEFAULT_PASSES`) and, where known, the cores' peak FP32 FLOP/s
+(`passc report` estimates kernel times from it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Target:
     wheel_platform: str
     emulator: tuple[str, ...] = ()
     emulator_apt_package: str = ""
+    peak_gflops_per_core: float | None = None  # `[performance] fp32_gflops_per_core`, where known
 
     def require_cxx(self) -> str:
         """The C++ toolchain's command; a PasscError saying what to install if it is missing."""
@@ -78,6 +80,7 @@ def _parse(name: str, data: dict[str, Any]) -> Target:
             wheel_platform=toolchain["wheel_platform"],
             emulator=tuple(emulator.get("command", ())),
             emulator_apt_package=emulator.get("apt_package", ""),
+            peak_gflops_per_core=data.get("performance", {}).get("fp32_gflops_per_core"),
         )
     except KeyError as err:
         raise ValueError(f"target file {name}.toml lacks {err}") from None

@@ -19,7 +19,14 @@ import onnx_ir as ir
 
 from passc.errors import PasscError
 
-__all__ = ["ALIGNMENT", "HostModule", "aligned_empty", "kernel_times", "measure_latency"]
+__all__ = [
+    "ALIGNMENT",
+    "HostModule",
+    "aligned_empty",
+    "kernel_times",
+    "library_kernel_times",
+    "measure_latency",
+]
 
 
 class HostModule:
@@ -178,6 +185,17 @@ def kernel_times(
     finally:
         configure(1, before)
     return samples
+
+
+def library_kernel_times(
+    library: Path, arrays: list[np.ndarray], *, threads: int, rounds: int, function: str = "main"
+) -> list[dict[str, float]]:
+    """`kernel_times` of one compiled library on disk (an artifact's model.so): one dict per round."""
+    import tvm
+
+    return kernel_times(
+        [tvm.runtime.load_module(str(library))], arrays, threads=threads, rounds=rounds, function=function
+    )[0]
 
 
 class _KernelClock:
