@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+from passc.passes.assign_bits import pareto
 from passc.passes.assign_bits.baselines import best_uniform, greedy, uniform
 from passc.passes.assign_bits.budgets import parse_budgets, show
 from passc.passes.assign_bits.calibration import load_calibration
@@ -33,6 +34,7 @@ from passc.registry import register_pass
 
 __all__ = [
     "ASSIGNMENT_KEY",
+    "FRONTIER_KEY",
     "AssignBits",
     "BIT_WIDTHS_KEY",
     "LatencyTable",
@@ -49,7 +51,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ASSIGNMENT_KEY = "passc.assignment"  # JSON {method, objective (Σ Ω), totals per budget kind, gap}
+# JSON {method, objective (Σ Ω), totals and budgets per kind (as numbers, and as shown), gap,
+# layers: {name: {width, bytes, float32_bytes, distortion}}}
+ASSIGNMENT_KEY = "passc.assignment"
+FRONTIER_KEY = "passc.assign_bits.frontier"  # JSON `pareto.as_json`: with the frontier/pareto_plot options
 WIDTHS = (*INTEGER_WIDTHS, 16, 32)
 
 
@@ -128,6 +133,12 @@ class AssignBits(PasscPass):
         )
         pareto_plot: str | None = dataclasses.field(
             default=None, metadata={"help": "write distortion vs size (ILP, greedy, uniform) to this PNG"}
+        )
+        frontier: bool = dataclasses.field(
+            default=False,
+            metadata={
+                "help": "keep distortion vs size in the model, for `passc report` (pareto_plot does too)"
+            },
         )
 
         def __post_init__(self) -> None:
@@ -233,14 +244,37 @@ class AssignBits(PasscPass):
             raise UsageError(f"assign-bits: method={method} finds no assignment within the budgets")
         return found
 
-    def _plot(self, model: ir.Model, assigned: list[Layer], path: Path) -> None:
-        """The size frontier of the measured problem, with the chosen assignment circled."""
+    def _sweep(self, model: ir.Model, assigned: list[Layer]) -> None:
+        """The size frontier of the measured problem, with the chosen assignment circled: kept in
+        the model's metadata (FRONTIER_KEY) and, with pareto_plot, plotted."""
         problem, s = self.problem, self.solution
         size = cost_table("size", model, assigned, problem.widths, self.options.scheme, None)
         self.frontier = frontier(problem, size)
         chosen = (float(size[np.arange(len(assigned)), list(s.choice)].sum()), s.objective)
-        plot(self.frontier, path, chosen, title=f"assign-bits: {model.graph.name or 'model'}")
-        logger.info("assign-bits: wrote the Pareto plot to %s", path)
+        model.metadata_props[FRONTIER_KEY] = json.dumps(pareto.as_json(self.frontier, chosen))
+        if self.options.pareto_plot:
+            path = Path(self.options.pareto_plot)
+            plot(self.frontier, path, chosen, title=f"assign-bits: {model.graph.name or 'model'}")
+            logger.info("assign-bits: wrote the Pareto plot to %s", path)
+
+    def _layer_table(self, assigned: list[Layer]) -> dict[str, dict[str, float]]:
+        """Per assigned layer: its width, stored bytes at it and at float32, and Ω at it."""
+        s, problem, scheme = self.solution, self.problem, self.options.scheme
+        return {
+            layer.name: {
+                "width": s.widths[layer.name],
+                "bytes": stored_bytes(layer, s.widths[layer.name], scheme),
+                "float32_bytes": stored_bytes(layer, 32, scheme),
+                "distortion": float(problem.distortion[i, s.choice[i]]),
+            }
+            for i, layer in enumerate(assigned)
+        }
+
+    @classmethod
+    def report_sections(cls, record: dict, model: ir.Model | None) -> list:
+        from passc.passes.assign_bits.report import sections
+
+        return sections(record, model)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.fired.clear()
@@ -271,8 +305,8 @@ class AssignBits(PasscPass):
         table = probe.sensitivities(assigned, sorted(o.widths), o.scheme, o.metric)
         self.problem = dataclasses.replace(costs, distortion=table)
         self.solution = s = self._choose(self.problem)
-        if o.pareto_plot:
-            self._plot(model, assigned, Path(o.pareto_plot))
+        if o.pareto_plot or o.frontier:
+            self._sweep(model, assigned)
         params: list[str] = []
         for layer in assigned:
             width = s.widths[layer.name]
@@ -285,7 +319,15 @@ class AssignBits(PasscPass):
         model.metadata_props[BIT_WIDTHS_KEY] = json.dumps(widths)
         model.metadata_props[RUNTIME_PARAMS_KEY] = json.dumps(params)
         model.metadata_props[ASSIGNMENT_KEY] = json.dumps(
-            {"method": s.method, "objective": s.objective, "totals": s.totals, "gap": s.gap}
+            {
+                "method": s.method,
+                "objective": s.objective,
+                "totals": s.totals,
+                "gap": s.gap,
+                "budgets": {k: self.problem.shown(k, v) for k, v in self.problem.limits.items()},
+                "shown": {k: self.problem.shown(k, v) for k, v in s.totals.items()},
+                "layers": self._layer_table(assigned),
+            }
         )
         outputs = [oracle.run_onnxruntime(model, batch) for batch in batches]
         worst = max(
