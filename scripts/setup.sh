@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up passc in ./.venv: the cross toolchain and emulator (apt), then passc itself (pip).
 #   scripts/setup.sh         passc, for compiling and verifying models
-#   scripts/setup.sh --dev   also torch, the test tools and the example plugin, for the tests
+#   scripts/setup.sh --dev   also torch, the test tools, Chromium (the report tests open pages in it)
+#                            and the example plugin, for the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,9 @@ need_apt=()
 command -v aarch64-linux-gnu-g++ >/dev/null || need_apt+=(g++-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 command -v g++ >/dev/null || need_apt+=(g++)
+if [ "${1:-}" = "--dev" ]; then
+    command -v chromium >/dev/null || need_apt+=(chromium)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} (apt)" >&2
     sudo=""
