@@ -220,3 +220,23 @@ def rpc_server():
         yield f"127.0.0.1:{server.port}"
     finally:
         server.terminate()
+
+
+def commit_naive_records(records: Path, model: Path, seconds: float) -> None:
+    """Commits, for each kernel of `model`, a record whose trace transforms nothing (TVM's naive
+    loops, far slower than the default schedule; an empty trace is never applied) that claims
+    `seconds`: a search's winner measured wrong."""
+    import tvm
+    from passc.targets import get_target
+    from tvm.s_tir import meta_schedule as ms
+
+    from passc.lowering import legalized_kernels
+
+    mod, target = legalized_kernels(ir.load(model), get_target("host").tvm)
+    records.mkdir()
+    database = ms.database.JSONDatabase(work_dir=str(records))
+    for task in ms.relax_integration.extract_tasks(mod, target):
+        workload = database.commit_workload(task.dispatched[0])
+        naive = tvm.s_tir.Schedule(task.dispatched[0])
+        naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])  # looks, changes nothing
+        database.commit_tuning_record(ms.database.TuningRecord(naive.trace, workload, [seconds], target))

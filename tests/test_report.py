@@ -168,3 +168,48 @@ def test_page_escapes_text_and_sorts_numbers_by_value() -> None:
     assert "<script>alert" not in page and "&lt;script&gt;" in page
     assert '<td class="num" data-v="1500.0">1.5 k</td>' in page and 'data-v="12">12</td>' in page
     assert '<section id="ber-x">' in page or '<section id="über-x">' in page
+
+
+def test_verify_report_shows_each_outputs_error(run_cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    status, stdout, _ = run_cli("verify", str(EXAMPLE), "--target", "host", *SHAPE, "--report")
+    assert status == 0
+    report = Path(stdout.split()[-1])
+    assert report == Path("build/model.host.report.html") and report.is_file()  # no -o: the artifact is gone
+    text = " ".join(page_text(report).split())
+    error = re.search(r"probs: max abs err (\S+), max rel err (\S+)\s+ok", stdout)
+    assert error is not None
+    assert "verified; tolerance: max relative error 0.0001" in text
+    row = re.search(r"main probs (\S+) (\S+) ok", text)
+    assert row is not None and float(row.group(2)) == pytest.approx(float(error.group(2)), rel=0.01)
+
+
+def test_report_measures_each_tuned_kernels_gain_in_the_model(tmp_path: Path) -> None:
+    """Records that claim 1 ns but hold TVM's naive loops (a search's winner measured wrong): the
+    artifact takes them, and the report, timing it against the default schedules, shows the loss."""
+    import numpy as np
+    import onnx_ir as ir
+    from conftest import commit_naive_records, weighted_model
+
+    from passc.compiler import compile_model
+    from passc.report import write_report
+
+    rng = np.random.default_rng(0)
+    model, records = tmp_path / "conv.onnx", tmp_path / "records"
+    ir.save(
+        weighted_model(  # naive loops take milliseconds here, the default schedule ~0.1 ms
+            "(float[1, 16, 32, 32] x) => (float y)",
+            "h = Conv<pads = [1, 1, 1, 1]>(x, w, b) y = Relu(h)",
+            w=rng.standard_normal((32, 16, 3, 3)).astype(np.float32),
+            b=rng.standard_normal(32).astype(np.float32),
+        ),
+        model,
+    )
+    commit_naive_records(records, model, 1e-9)
+    compiled = compile_model(model, "host", tmp_path / "art", records=[records])
+    [tuned] = compiled.artifact.info.tuned
+    report = write_report(compiled.artifact, rounds=3)
+    text = " ".join(page_text(report).split())
+    assert "1 of 1 kernels took their schedule from `passc tune`'s records" in text
+    gain = re.search(rf"{re.escape(tuned)} [\d.]+ ([\d.]+)×", text)
+    assert gain is not None and float(gain.group(1)) < 0.5, text[text.index("Tuning records") :]

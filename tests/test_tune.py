@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import weighted_model
+from conftest import commit_naive_records, weighted_model
 
 from passc.metaschedule import (
     FAILED_RUN_SECS,
@@ -239,31 +239,10 @@ def test_forget_records_removes_only_the_given_kernels_records(tmp_path: Path) -
     assert artifact.manifest["tuned_kernels"] == 1
 
 
-def _commit_naive_record(records: Path, model: Path, seconds: float) -> None:
-    """Commits, for each kernel of `model`, a record whose trace transforms nothing (TVM's naive
-    loops, far slower than the default schedule; an empty trace is never applied) that claims
-    `seconds`: a search's winner measured wrong."""
-    import onnx_ir as ir
-    import tvm
-    from passc.targets import get_target
-    from tvm.s_tir import meta_schedule as ms
-
-    from passc.lowering import legalized_kernels
-
-    mod, target = legalized_kernels(ir.load(model), get_target("host").tvm)
-    records.mkdir()
-    database = ms.database.JSONDatabase(work_dir=str(records))
-    for task in ms.relax_integration.extract_tasks(mod, target):
-        workload = database.commit_workload(task.dispatched[0])
-        naive = tvm.s_tir.Schedule(task.dispatched[0])
-        naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])  # looks, changes nothing
-        database.commit_tuning_record(ms.database.TuningRecord(naive.trace, workload, [seconds], target))
-
-
 @pytest.mark.parametrize("name", [RECORDS, WORKLOADS])
 def test_a_damaged_records_database_is_named(tmp_path: Path, run_cli, name: str) -> None:
     model, records = _tiny_conv(tmp_path), tmp_path / "records"
-    _commit_naive_record(records, model, 1e-3)
+    commit_naive_records(records, model, 1e-3)
     data = (records / name).read_bytes()
     (records / name).write_bytes(data[: len(data) // 2])
     status, _, err = run_cli("compile", model, "--target", "host", "--records", records, "-o", tmp_path / "a")
@@ -290,7 +269,7 @@ def test_a_record_that_loses_in_the_model_gives_way_to_the_default(tmp_path: Pat
         ),
         model,
     )
-    _commit_naive_record(records, model, 1e-9)
+    commit_naive_records(records, model, 1e-9)
     lines: list[str] = []
     report = passc.tune(model, "host", trials=0, records=records, threads=2, progress=lines.append)
     assert report.trials == 0
@@ -316,7 +295,7 @@ def test_the_in_model_check_keeps_only_kernels_faster_in_the_model(tmp_path: Pat
     import passc.tuner as tuner
 
     model, records = _tiny_conv(tmp_path), tmp_path / "records"
-    _commit_naive_record(records, model, 1e-9)
+    commit_naive_records(records, model, 1e-9)
 
     import onnx_ir as ir
     import tvm

@@ -5,7 +5,8 @@ The page holds: a summary (model, target, versions, sizes, kernel counts, signat
 verification result when a verify run wrote it; the pass pipeline (table and waterfall of nodes
 and MACs, with wall times and the rules' near misses when a compile run wrote it); per-kernel
 times measured here (or FLOPs and estimates for an artifact this machine cannot run) by op
-family; the sections passes add for themselves (`PasscPass.report_sections`); the tuned kernels;
+family; the sections passes add for themselves (`PasscPass.report_sections`); the tuned kernels and their
+gain over the default schedules;
 the artifact's files; the optimised graph as a layer list. Charts are matplotlib SVG, inline.
 """
 
@@ -19,7 +20,7 @@ from passc.artifact import Artifact
 from passc.atomic import atomic_file
 from passc.errors import PasscError, UsageError
 from passc.report import sections
-from passc.report.kernels import default_threads, measure, target_peak, unmeasured
+from passc.report.kernels import default_threads, measure, target_peak, tuning_gains, unmeasured
 from passc.report.page import Details, Figure, Num, Section, Table, Text, render_page
 
 __all__ = [
@@ -106,7 +107,14 @@ def build_report(
         *kernel_sections,
         *sections.pass_pages(artifact, models),
     ]
-    tuning = sections.tuning(artifact, all_rows)
+    gains, why = None, "this machine does not run the artifact" if not runs_here else "measurement was off"
+    if info.tuned and measure_kernels and runs_here:
+        progress("timing the tuned kernels against passc's default schedules")
+        try:
+            gains = tuning_gains(artifact, next(iter(info.functions)), timed_threads, rounds)
+        except PasscError as err:
+            why = str(err)
+    tuning = sections.tuning(artifact, all_rows, gains, why)
     page += [tuning] if tuning is not None else []
     page += [sections.files(artifact), sections.layers(models)]
     names = ", ".join(f.source or n for n, f in info.functions.items())

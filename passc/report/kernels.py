@@ -15,6 +15,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx_ir as ir
+
 from passc.artifact import Artifact
 from passc.errors import PasscError
 
@@ -131,8 +133,8 @@ def measure(artifact: Artifact, function: str, threads: int, rounds: int) -> lis
         raise PasscError(f"{artifact.target.name} artifacts do not run on this {platform.machine()} machine")
     artifact.check()
     arrays = [*artifact.random_inputs(function=function).values(), *artifact.params_of(function)]
-    samples = library_kernel_times(
-        artifact.path / "model.so", arrays, threads=threads, rounds=rounds, function=function
+    [samples] = library_kernel_times(
+        [artifact.path / "model.so"], arrays, threads=threads, rounds=rounds, function=function
     )
     names = sorted({n for s in samples for n in s})
     info = artifact.info
@@ -157,3 +159,42 @@ def unmeasured(artifact: Artifact) -> list[KernelRow]:
 def default_threads(artifact: Artifact) -> int:
     """The artifact's thread count, at most this machine's CPUs."""
     return max(1, min(artifact.threads, os.cpu_count() or 1))
+
+
+def tuning_gains(artifact: Artifact, function: str, threads: int, rounds: int) -> dict[str, float]:
+    """Each tuned kernel's gain in the model: its time with passc's default schedule over its time
+    in the artifact (from the tuning records), the median over `rounds` runs of both builds in
+    turn. The default build lowers the artifact's own optimised models (and reruns its Relax
+    passes) without records. PasscError when it cannot be built or run here."""
+    from passc.artifact import optimized_model_name
+    from passc.lowering import lower
+    from passc.pipeline import PassSpec
+    from passc.runtime import library_kernel_times
+
+    info = artifact.info
+    models = {
+        name: ir.load(artifact.path / optimized_model_name(name))
+        for name, entry in info.functions.items()
+        if entry.source_sha256 is not None
+    }
+    try:
+        specs = [PassSpec(r["pass"], r["options"]) for r in info.relax_passes]
+        default = lower(models, info.target.tvm, [], specs)
+    except PasscError as err:
+        raise PasscError(f"the default-schedule build failed: {err}") from None
+    arrays = [*artifact.random_inputs(function=function).values(), *artifact.params_of(function)]
+    before, after = library_kernel_times(
+        [default.executable, artifact.path / "model.so"],
+        arrays,
+        threads=threads,
+        rounds=rounds,
+        function=function,
+    )
+    gains = {}
+    for name in info.tuned:
+        ratios = [
+            b[name] / a[name] for b, a in zip(before, after, strict=True) if b.get(name) and a.get(name)
+        ]
+        if ratios:
+            gains[name] = statistics.median(ratios)
+    return gains

@@ -282,34 +282,35 @@ def kernels(rows: list[KernelRow], peak: Peak | None, threads: int | None, measu
     return Section("Where the time goes", blocks)
 
 
-def tuning(artifact: Artifact, rows: list[KernelRow]) -> Section | None:
-    """The kernels scheduled from tuning records, with their measured times where timed."""
+def tuning(
+    artifact: Artifact, rows: list[KernelRow], gains: dict[str, float] | None, why: str
+) -> Section | None:
+    """The kernels scheduled from tuning records: their times and, where measured, their gain in
+    the model over passc's default schedule."""
     info = artifact.info
     if not info.tuned_kernels:
         return None
     seconds = {r.name: r.seconds for r in rows}
-    table = Table(
-        ["kernel", "ms per run"],
-        [
-            [
-                name,
-                Num(seconds[name] * 1e3, f"{seconds[name] * 1e3:.3f}")
-                if seconds.get(name) is not None
-                else None,
-            ]
-            for name in info.tuned
-        ],
-        sortable=True,
+    table_rows = []
+    for name in info.tuned:
+        ms = seconds.get(name)
+        gain = (gains or {}).get(name)
+        table_rows.append([
+            name,
+            Num(ms * 1e3, f"{ms * 1e3:.3f}") if ms is not None else None,
+            Num(gain, f"{gain:.2f}×") if gain is not None else None,
+        ])  # fmt: skip
+    intro = (
+        f"{info.tuned_kernels} of {info.kernels} kernels took their schedule from `passc tune`'s records. "
+        + (
+            "Gain: the kernel's time with passc's default schedule over its time in this artifact, both "
+            "builds run in turn on this machine (median over the runs); below 1 the record is slower."
+            if gains is not None
+            else f"Gains not measured: {why}."
+        )
     )
     return Section(
-        "Tuning records",
-        [
-            Text(
-                f"{info.tuned_kernels} of {info.kernels} kernels took their schedule from `passc tune`'s "
-                "records; `passc tune` prints each one's gain over the default schedule when it keeps it."
-            ),
-            table,
-        ],
+        "Tuning records", [Text(intro), Table(["kernel", "ms per run", "gain"], table_rows, sortable=True)]
     )
 
 

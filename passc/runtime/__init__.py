@@ -188,14 +188,18 @@ def kernel_times(
 
 
 def library_kernel_times(
-    library: Path, arrays: list[np.ndarray], *, threads: int, rounds: int, function: str = "main"
-) -> list[dict[str, float]]:
-    """`kernel_times` of one compiled library on disk (an artifact's model.so): one dict per round."""
+    libraries: list[Path | Any],
+    arrays: list[np.ndarray],
+    *,
+    threads: int,
+    rounds: int,
+    function: str = "main",
+) -> list[list[dict[str, float]]]:
+    """`kernel_times` of compiled libraries on disk (an artifact's model.so) or executables."""
     import tvm
 
-    return kernel_times(
-        [tvm.runtime.load_module(str(library))], arrays, threads=threads, rounds=rounds, function=function
-    )[0]
+    executables = [tvm.runtime.load_module(str(x)) if isinstance(x, Path) else x for x in libraries]
+    return kernel_times(executables, arrays, threads=threads, rounds=rounds, function=function)
 
 
 class _KernelClock:
