@@ -162,11 +162,14 @@ def test_multi_function_and_cross_target_reports_in_chromium(browser, tmp_path: 
     out = tmp_path / "two.rpi5"
     compiled = compile_model(
         {"main": EXAMPLE, "b4": EXAMPLE}, "rpi5", out,
-        input_shapes={"main": {"input": (1, 3, 64, 64)}, "b4": {"input": (4, 3, 64, 64)}},
+        input_shapes={"main": {"input": (1, 3, 64, 64)}, "b4": {"input": (4, 3, 64, 64)}}, bundle=True,
     )  # fmt: skip
     report = write_report(compiled.artifact, compiled=compiled)
     opened = check_page(browser, report, out, tmp_path, "report-two-functions-rpi5")
     assert "function b4" in opened.text("#pass-pipeline")
+    bundled = [p for p in out.iterdir() if p.name == "passc-run" or p.name.startswith("libtvm")]
+    runtime = sum(p.stat().st_size for p in bundled)
+    assert runtime > 0 and f"bundled runtime (bytes) {runtime:,}" in opened.text("#summary")
     assert "estimated ms at peak" in opened.text("#where-the-time-goes")
     opened.close()
 

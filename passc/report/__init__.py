@@ -76,7 +76,7 @@ def build_report(
             progress(f"timing the kernels of {function} ({rounds} runs, {timed_threads} threads)")
             try:
                 rows = measure(artifact, function, timed_threads, rounds)
-            except PasscError as err:
+            except (PasscError, RuntimeError, OSError) as err:  # TVM's runtime raises builtin types
                 rows = unmeasured(artifact)
                 where = f"timing failed ({err})"
             else:
@@ -112,7 +112,7 @@ def build_report(
         progress("timing the tuned kernels against passc's default schedules")
         try:
             gains = tuning_gains(artifact, next(iter(info.functions)), timed_threads, rounds)
-        except PasscError as err:
+        except (PasscError, RuntimeError, OSError) as err:
             why = str(err)
     tuning = sections.tuning(artifact, all_rows, gains, why)
     page += [tuning] if tuning is not None else []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,7 +46,7 @@ def svg_figure(width: float, height: float, **subplots: Any) -> Iterator[tuple[A
         finally:
             plt.close(fig)
     text = buffer.getvalue()
-    out.append(text[text.index("<svg") :])
+    out.append(re.sub(r"<metadata>.*?</metadata>", "", text[text.index("<svg") :], flags=re.S))
 
 
 def _draw(width: float, height: float, draw: Callable[[Any], None], **subplots: Any) -> str | None:

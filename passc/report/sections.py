@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from passc.artifact import MANIFEST, Artifact, optimized_model_name
+from passc.artifact import MANIFEST, PARAMS, Artifact, optimized_model_name
 from passc.report import charts
 from passc.report.kernels import KernelRow, Peak
 from passc.report.page import Block, Details, Figure, Num, Section, Table, Text
@@ -54,6 +54,13 @@ def summary(artifact: Artifact, threads: int | None, peak: Peak | None) -> Secti
         ["runtime parameters in params.bin (bytes)", info.params_bytes],
         ["artifact size (bytes)", sum(p.stat().st_size for p in _files(artifact))],
     ]
+    library = artifact.path / "model.so"
+    if library.is_file():
+        rows.append(["model.so (bytes)", library.stat().st_size])
+    if artifact.bundled:
+        own = {MANIFEST, "model.so", PARAMS}
+        runtime = [p for p in _files(artifact) if p.name not in own and p.suffix != ".onnx"]
+        rows.append(["bundled runtime (bytes)", sum(p.stat().st_size for p in runtime)])
     if threads is not None:
         rows.append(["threads (kernel times below)", threads])
     if peak is not None:
