@@ -65,7 +65,8 @@ def _pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
     """The pass pipeline flags that `compile`, `verify` and `optimize` share."""
     return {
         "passes": [p for p in args.passes.split(",") if p] if args.passes is not None else None,
-        "pass_options": args.pass_option,
+        "pass_options": args.pass_option
+        + (["canonicalize.keep_initializer_inputs=true"] if args.keep_initializer_inputs else []),
         "pipeline_file": args.pipeline,
         "plugins": args.plugin,
         "progress": _say(args),
@@ -480,6 +481,12 @@ def _parser() -> argparse.ArgumentParser:
         help="set a pass option (repeatable)",
     )
     pipeline.add_argument("--pipeline", type=Path, help="TOML pipeline file (passes and options)")
+    pipeline.add_argument(
+        "--keep-initializer-inputs",
+        action="store_true",
+        help="keep graph inputs that have an initializer (old ONNX files list every weight) as inputs; "
+        "by default they are constants",
+    )
     pipeline.add_argument(
         "--plugin",
         action="append",

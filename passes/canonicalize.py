@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer import fold_constants_ir
@@ -30,10 +32,27 @@ class Canonicalize(PasscPass):
     `fold-linear-blocks`), and one of those defaults (Cast∘Cast → Cast) is not exact. Graph
     inputs and outputs keep their names: an input that is also an output stays one value (onnx_ir's
     OutputFixPass would rename the input to put an Identity between them).
+
+    A graph input that also has an initializer (every weight of a model from before ONNX IR
+    version 4) becomes a constant, as onnxruntime and TVM treat it when the caller does not feed
+    it, so that it folds and fuses; `keep_initializer_inputs` keeps such inputs for the caller.
     """
 
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Options:
+        keep_initializer_inputs: bool = dataclasses.field(
+            default=False,
+            metadata={"help": "keep graph inputs that have an initializer as inputs the caller passes"},
+        )
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.fired.clear()
         before = ir.to_proto(model).SerializeToString(deterministic=True)
+        if not self.options.keep_initializer_inputs:
+            constants = [v for v in model.graph.inputs if v.const_value is not None]
+            if constants:
+                common.RemoveInitializersFromInputsPass()(model)
+                self.fired["initializer-inputs-to-constants"] = len(constants)
         fold = ir.passes.PassManager(
             [
                 _FoldConstants(),

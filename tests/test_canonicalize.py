@@ -95,3 +95,61 @@ def test_graph_rewrites_are_left_to_the_passes_that_report_them() -> None:
     )
     Canonicalize()(model)
     assert [n.op_type for n in model.graph] == ["Cast", "Cast", "Conv", "BatchNormalization"]
+
+
+def _weights_listed_as_inputs(path) -> str:
+    """A model as exporters wrote them before ONNX IR version 4: every weight is an initializer
+    and a graph input too (onnxruntime uses the initializer unless the caller feeds the input)."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+        "old",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 3]),
+            helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_inputs_with_initializers_become_constants(tmp_path) -> None:
+    path = _weights_listed_as_inputs(tmp_path / "old.onnx")
+    model = load_model(path).model
+    pass_ = Canonicalize()
+    assert pass_(model).modified
+    assert [v.name for v in model.graph.inputs] == ["x"]
+    assert pass_.fired == {"initializer-inputs-to-constants": 2}
+    x = {"x": np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)}
+    np.testing.assert_array_equal(
+        oracle.run_onnxruntime(model, x)["y"], oracle.run_onnxruntime(load_model(path).model, x)["y"]
+    )
+
+
+def test_compiled_old_model_takes_only_its_data_input(tmp_path, run_cli) -> None:
+    """Compiled and run with only its data input; the pass log says what became constants; with
+    --keep-initializer-inputs every weight stays an input the caller passes."""
+    path = _weights_listed_as_inputs(tmp_path / "old.onnx")
+    status, stdout, err = run_cli("verify", path, "--target", "host", "-o", tmp_path / "a")
+    assert status == 0 and "verified" in stdout
+    assert "initializer-inputs-to-constants x2" in err
+    from passc.artifact import Artifact
+
+    assert [t["name"] for t in Artifact(tmp_path / "a").inputs] == ["x"]
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((2, 4), np.float32))
+    status, stdout, _ = run_cli("run", tmp_path / "a", "--input", f"x={x}")
+    assert status == 0 and stdout.startswith("y: float32 2x3")
+    status, _, _ = run_cli(
+        "compile", path, "--target", "host", "-o", tmp_path / "k", "--keep-initializer-inputs"
+    )
+    assert status == 0
+    assert [t["name"] for t in Artifact(tmp_path / "k").inputs] == ["x", "w", "b"]
