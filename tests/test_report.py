@@ -177,10 +177,10 @@ def test_verify_report_shows_each_outputs_error(run_cli, tmp_path: Path, monkeyp
     report = Path(stdout.split()[-1])
     assert report == Path("build/model.host.report.html") and report.is_file()  # no -o: the artifact is gone
     text = " ".join(page_text(report).split())
-    error = re.search(r"probs: max abs err (\S+), max rel err (\S+)\s+ok", stdout)
+    error = re.search(r"probs: max abs err (\S+), max rel err (\S+) \(.*\)\s+ok", stdout)
     assert error is not None
     assert "verified; tolerance: max relative error 0.0001" in text
-    row = re.search(r"main probs (\S+) (\S+) ok", text)
+    row = re.search(r"main probs (\S+) (\S+) (\S+) ok", text)
     assert row is not None and float(row.group(2)) == pytest.approx(float(error.group(2)), rel=0.01)
 
 
