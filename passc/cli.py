@@ -446,7 +446,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from passc.pipeline import DEFAULT_PASSES
+    from passc.pipeline import OPTIMIZE_PASSES
 
     def global_flags(default: object) -> argparse.ArgumentParser:
         # Accepted before and after the command; SUPPRESS keeps a sub-command's parser from
@@ -594,7 +594,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "optimize",
         parents=[common, pipeline],
-        help=f"run passes (default: {','.join(DEFAULT_PASSES)}) on ONNX, write ONNX (no TVM)",
+        help=f"run passes (default: {','.join(OPTIMIZE_PASSES)}) on ONNX, write ONNX (no TVM)",
     )
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", required=True, help="the optimized .onnx file")

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from passc.atomic import atomic_files
 from passc.errors import UsageError
 from passc.loading import bind_input_shapes, load_model
-from passc.pipeline import DEFAULT_PASSES, PassRecord, build_pipeline, relax_specs, run_pipeline
+from passc.pipeline import OPTIMIZE_PASSES, PassRecord, build_pipeline, relax_specs, run_pipeline
 from passc.registry import load_plugin
 from passc.stats import ModelStats, model_stats
 
@@ -48,7 +48,7 @@ def optimize_model(
     explain: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> OptimizeResult:
-    """Runs the pass pipeline (default: DEFAULT_PASSES) on `model` and writes it to `output`.
+    """Runs the pass pipeline (default: OPTIMIZE_PASSES) on `model` and writes it to `output`.
 
     With `explain`, each pass that explains itself (fuse) also records in its pass record why its
     rules did not fire where they nearly did.
@@ -57,7 +57,7 @@ def optimize_model(
     for plugin in plugins or []:
         load_plugin(plugin)
     pipeline_path = Path(pipeline_file) if pipeline_file is not None else None
-    specs = build_pipeline(DEFAULT_PASSES, passes, pass_options, pipeline_path)
+    specs = build_pipeline(OPTIMIZE_PASSES, passes, pass_options, pipeline_path)
     relax = relax_specs(specs)
     if relax:
         raise UsageError(

@@ -37,6 +37,7 @@ from passc.stats import ModelStats, model_stats
 
 __all__ = [
     "DEFAULT_PASSES",
+    "OPTIMIZE_PASSES",
     "PassRecord",
     "PassSpec",
     "build_pipeline",
@@ -48,9 +49,12 @@ __all__ = [
 
 FIRST_PASS = "canonicalize"
 
-# The passes every target runs unless its file sets `default_passes`, and `passc optimize` runs:
-# all of them keep the model standard ONNX.
-DEFAULT_PASSES = ("canonicalize", "fuse", "fold-linear-blocks")
+# The passes every target runs unless its file sets `default_passes`: all of them keep the model
+# standard ONNX.
+DEFAULT_PASSES = ("canonicalize", "expand-recurrent", "fuse", "fold-linear-blocks")
+# What `passc optimize` runs for onnxruntime users: the same, but recurrent ops stay (onnxruntime
+# runs them natively; TVM cannot lower them).
+OPTIMIZE_PASSES = ("canonicalize", "fuse", "fold-linear-blocks")
 
 
 @dataclass(frozen=True)

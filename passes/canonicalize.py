@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer import fold_constants_ir
@@ -14,11 +15,27 @@ from passc.registry import register_pass
 __all__ = ["Canonicalize"]
 
 
+# ConstantOfShape folds when it makes at most this many elements: shape arithmetic (pads, sizes),
+# which later folds depend on; onnxscript keeps every ConstantOfShape, so as not to grow a model
+# whose weights one makes.
+SMALL_CONSTANT = 1024
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    """True for a ConstantOfShape of a small constant shape; None (onnxscript's rules) otherwise."""
+    if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+        shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
+        if shape is not None and int(np.prod(shape.numpy())) <= SMALL_CONSTANT:
+            return True
+    return None
+
+
 class _FoldConstants(ir.passes.InPlacePass):
     """onnxscript's constant folder with ONNX shape inference."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, fold_constants_ir(model, onnx_shape_inference=True).modified)
+        result = fold_constants_ir(model, onnx_shape_inference=True, should_fold=_should_fold)
+        return ir.passes.PassResult(model, result.modified)
 
 
 @register_pass("canonicalize")

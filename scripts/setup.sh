@@ -27,8 +27,9 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if [ "${1:-}" = "--dev" ]; then
     echo "setup: installing passc with torch, tuning, the test and the benchmark tools into .venv (pip)" >&2
     "${pip[@]}" -e ".[dev,torch,bench,tune]" -e examples/custom_pass
-    # A real pretrained model for the slow tests: PaddleOCR's classifier ships inside this wheel.
-    "${pip[@]}" --no-deps rapidocr-onnxruntime==1.4.4
+    # Real pretrained models for the slow tests: PaddleOCR's ship inside rapidocr-onnxruntime,
+    # Silero VAD (an LSTM voice activity detector) inside silero-vad.
+    "${pip[@]}" --no-deps rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3
 else
     echo "setup: installing passc into .venv (pip)" >&2
     "${pip[@]}" -e .

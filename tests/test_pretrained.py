@@ -1,6 +1,7 @@
-"""A real pretrained model from a PyPI wheel: PaddleOCR's text-direction classifier (a
-MobileNetV3, opset 11, dynamic batch/height/width) shipped inside rapidocr-onnxruntime 1.4.4.
-Its exported graph computes Reshape targets with Shape/Slice/Concat, which must fold away."""
+"""Real pretrained models from PyPI wheels: PaddleOCR's text-direction classifier (a
+MobileNetV3, opset 11, dynamic batch/height/width) and text detector, shipped inside
+rapidocr-onnxruntime 1.4.4, whose exported graphs compute Reshape targets with Shape/Slice/Concat
+that must fold away; and Silero VAD (silero-vad 6.2.3), an LSTM behind If nodes."""
 
 from __future__ import annotations
 
@@ -42,3 +43,20 @@ def test_paddleocr_detector_verifies_on_host(run_cli, tmp_path: Path) -> None:
     )  # fmt: skip
     assert status == 0, err + stdout
     assert stdout.strip().endswith("verified")
+
+
+@pytest.mark.parametrize("target", ["host", "rpi5"])
+def test_silero_vad_verifies(run_cli, tmp_path: Path, target: str) -> None:
+    """Its If nodes fold once shapes are bound and its LSTM expands; on rpi5 the bundled runner
+    runs it under qemu."""
+    spec = importlib.util.find_spec("silero_vad")
+    assert spec is not None, "silero-vad is not installed: run scripts/setup.sh --dev"
+    model = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad_16k_op15.onnx"
+    emulate = ["--emulate"] if target != "host" else []
+    status, stdout, err = run_cli(
+        "verify", model, "--target", target, *emulate, "--input-shape", "input:1x512",
+        "--input-shape", "state:2x1x128", "-o", tmp_path / "art",
+    )  # fmt: skip
+    assert status == 0, err + stdout
+    assert stdout.strip().endswith("verified")
+    assert "pass expand-recurrent: modified" in err and "LSTM x1" in err
