@@ -9,7 +9,7 @@ from passc.passes.canonicalize import Canonicalize
 
 from passc import oracle
 from passc.loading import bind_input_shapes, load_model
-from tests.conftest import parse
+from tests.conftest import parse, save
 
 
 def test_shape_subgraph_folds_after_binding(dynamic_mlp) -> None:
@@ -153,3 +153,56 @@ def test_compiled_old_model_takes_only_its_data_input(tmp_path, run_cli) -> None
     )
     assert status == 0
     assert [t["name"] for t in Artifact(tmp_path / "k").inputs] == ["x", "w", "b"]
+
+
+def test_small_constant_of_shape_folds_and_a_large_one_stays() -> None:
+    """Shape arithmetic through ConstantOfShape (pads built by an exporter) folds, so what depends
+    on it can; a ConstantOfShape that makes a weight stays (folding it would grow the model)."""
+    model = ir.from_proto(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[1, 8] x) => (float[1, 10] y, float[1, 4096] z) {
+              n = Constant<value = int64[1] {2}>()
+              zeros = ConstantOfShape<value = int64[1] {0}>(n)
+              one = Constant<value = int64[2] {0, 1}>()
+              pads = Concat<axis = 0>(zeros, one)
+              y = Pad(x, pads)
+              big = Constant<value = int64[2] {1, 4096}>()
+              z = ConstantOfShape<value = float[1] {0.5}>(big)
+            }"""
+        )
+    )
+    Canonicalize()(model)
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("ConstantOfShape") == 1  # the weight-sized one
+    [pad] = [n for n in model.graph if n.op_type == "Pad"]
+    assert pad.inputs[1].const_value is not None and pad.inputs[1].const_value.numpy().tolist() == [
+        0,
+        0,
+        0,
+        1,
+    ]
+
+
+def test_an_if_on_a_bound_shape_becomes_its_branch(tmp_path) -> None:
+    path = save(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[N, 4] x) => (float[N, 4] y) {
+              s = Shape(x)
+              zero = Constant<value = int64[1] {0}>()
+              n = Gather<axis = 0>(s, zero)
+              one = Constant<value = int64[1] {1}>()
+              single = Equal(n, one)
+              y = If(single) <
+                then_branch = t () => (float[N, 4] a) { a = Relu(x) },
+                else_branch = e () => (float[N, 4] b) { b = Neg(x) }
+              >
+            }"""
+        ),
+        tmp_path / "if.onnx",
+    )
+    model = load_model(path).model
+    bind_input_shapes(model, {"x": (1, 4)})
+    Canonicalize()(model)
+    assert [n.op_type for n in model.graph] == ["Relu"]
