@@ -16,11 +16,14 @@ from passc.schedules.analysis import (
 from passc.schedules.base import Rule
 from passc.schedules.cpu import CPUSpec
 
-__all__ = ["WIDE_DEPTHWISE", "WideDepthwise"]
+__all__ = ["MAX_UNROLLED_TAPS", "WIDE_DEPTHWISE", "WideDepthwise"]
 
 # Depthwise convs at least this wide (output columns) take `WideDepthwise`'s schedule; narrower
 # ones (MobileNet's 14×14 and 7×7 stages) run faster with `Contraction`'s register tile.
 WIDE_DEPTHWISE = 24
+# The most filter taps unrolled into copies of the row loop: a 3×3 or 7×7 window is, a pool's
+# 60×80 window (4,800 copies) would stall LLVM for minutes.
+MAX_UNROLLED_TAPS = 64
 
 
 class WideDepthwise(Rule):
@@ -84,7 +87,11 @@ class WideDepthwise(Rule):
             sch.vectorize(lane)
             sch.unroll(vector)
         sch.decompose_reduction(main.block_rv, window[0])  # the init keeps the vectorized lane
-        for tap in window[-2:]:
+        unrolled = 1
+        for tap in reversed(window[-2:]):  # kw, then kh, while the copies stay few
+            unrolled *= int(sch.get(tap).extent)
+            if unrolled > MAX_UNROLLED_TAPS:
+                break
             sch.unroll(tap)
         if row:
             _, epilogue_lane = sch.split(sch.get_loops(epilogue)[-1], [None, lanes])
