@@ -38,6 +38,86 @@ class _FoldConstants(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, result.modified)
 
 
+def _position(value: ir.Value | None, length: int, default: int, insert: bool = False) -> int | None:
+    """A constant sequence position, counted from the front; None if not constant or out of range."""
+    if value is None:
+        return default
+    if value.const_value is None:
+        return None
+    position = int(value.const_value.numpy())
+    position += length if position < 0 else 0
+    return position if 0 <= position <= length - (0 if insert else 1) else None
+
+
+class _StaticSequences(ir.passes.InPlacePass):
+    """Resolves ONNX sequences whose items and positions are known when the graph is built:
+    SequenceConstruct/Empty/Insert/Erase give a list of values, SequenceAt one of them (through an
+    Identity), SequenceLength a constant, ConcatFromSequence a Concat. What reads a sequence any
+    other way keeps it."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph, items, modified = model.graph, {}, False
+        for node in list(graph):
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            op, inputs = node.op_type, node.inputs
+            if op == "SequenceConstruct":
+                items[node.outputs[0]] = list(inputs)
+            elif op == "SequenceEmpty":
+                items[node.outputs[0]] = []
+            if op not in _SEQUENCE_READERS or not inputs or inputs[0] not in items:
+                continue
+            values = items[inputs[0]]
+            at = (
+                inputs[2]
+                if op == "SequenceInsert" and len(inputs) > 2
+                else inputs[1]
+                if len(inputs) > 1
+                else None
+            )
+            if op == "SequenceInsert":
+                position = _position(at, len(values), len(values), insert=True)
+                if position is not None:
+                    items[node.outputs[0]] = values[:position] + [inputs[1]] + values[position:]
+                continue
+            if op == "SequenceErase":
+                position = _position(at, len(values), len(values) - 1)
+                if position is not None:
+                    items[node.outputs[0]] = values[:position] + values[position + 1 :]
+                continue
+            if op == "SequenceAt":
+                position = _position(at, len(values), -1)
+                if position is None:
+                    continue
+                new = ir.node("Identity", [values[position]])
+            elif op == "SequenceLength":
+                new = ir.node(
+                    "Constant", [], attributes={"value": ir.tensor(np.array(len(values), np.int64))}
+                )
+            else:  # ConcatFromSequence
+                axis = node.attributes.get_int("axis", 0)
+                if not values:
+                    continue
+                parts = values
+                if node.attributes.get_int("new_axis", 0):
+                    axes = ir.node(
+                        "Constant", [], attributes={"value": ir.tensor(np.array([axis], np.int64))}
+                    )
+                    unsqueezed = [ir.node("Unsqueeze", [v, axes.outputs[0]]) for v in values]
+                    graph.insert_before(node, [axes, *unsqueezed])
+                    parts = [n.outputs[0] for n in unsqueezed]
+                new = ir.node("Concat", parts, attributes={"axis": axis})
+            new.outputs[0].shape, new.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
+            ir.convenience.replace_nodes_and_values(
+                graph, node, [node], [new], [node.outputs[0]], [new.outputs[0]]
+            )
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+
+_SEQUENCE_READERS = {"SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength", "ConcatFromSequence"}
+
+
 @register_pass("canonicalize")
 class Canonicalize(PasscPass):
     """Folds constants and shape sub-graphs, infers shapes, removes dead nodes (onnxscript's optimizer).
@@ -49,6 +129,9 @@ class Canonicalize(PasscPass):
     `fold-linear-blocks`), and one of those defaults (Cast∘Cast → Cast) is not exact. Graph
     inputs and outputs keep their names: an input that is also an output stays one value (onnx_ir's
     OutputFixPass would rename the input to put an Identity between them).
+
+    Sequences whose items and positions are fixed (SequenceConstruct, Insert, Erase, At, Length,
+    ConcatFromSequence) resolve to the values they hold.
 
     A graph input that also has an initializer (every weight of a model from before ONNX IR
     version 4) becomes a constant, as onnxruntime and TVM treat it when the caller does not feed
@@ -73,6 +156,7 @@ class Canonicalize(PasscPass):
         fold = ir.passes.PassManager(
             [
                 _FoldConstants(),
+                _StaticSequences(),
                 common.RemoveUnusedNodesPass(),
                 common.RemoveUnusedFunctionsPass(),
                 common.RemoveUnusedOpsetsPass(),

@@ -206,3 +206,32 @@ def test_an_if_on_a_bound_shape_becomes_its_branch(tmp_path) -> None:
     bind_input_shapes(model, {"x": (1, 4)})
     Canonicalize()(model)
     assert [n.op_type for n in model.graph] == ["Relu"]
+
+
+def test_static_sequences_resolve_to_the_values_they_hold() -> None:
+    """Construct [x, y, z], erase at −3, insert x at −1, read at −1 and concatenate: no sequence
+    op is left and the outputs are onnxruntime's (TVM's importer got negative positions wrong)."""
+    model = ir.from_proto(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[2, 3] x, float[2, 3] y, float[2, 3] z) => (float[2, 3] at, float[6, 3] all, int64 n) {
+              s1 = SequenceConstruct(x, y, z)
+              minus3 = Constant<value = int64 {-3}>()
+              s2 = SequenceErase(s1, minus3)
+              minus1 = Constant<value = int64 {-1}>()
+              s3 = SequenceInsert(s2, x, minus1)
+              at = SequenceAt(s3, minus1)
+              all = ConcatFromSequence<axis = 0>(s3)
+              n = SequenceLength(s3)
+            }"""
+        )
+    )
+    rng = np.random.default_rng(0)
+    inputs = {k: rng.standard_normal((2, 3)).astype(np.float32) for k in "xyz"}
+    expected = oracle.run_onnxruntime(model, inputs)
+    Canonicalize()(model)
+    assert not [n.op_type for n in model.graph if n.op_type.startswith(("Sequence", "ConcatFromSequence"))]
+    actual = oracle.run_onnxruntime(model, inputs)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(actual[name], value)
+    np.testing.assert_array_equal(actual["at"], inputs["z"])
