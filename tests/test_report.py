@@ -213,3 +213,27 @@ def test_report_measures_each_tuned_kernels_gain_in_the_model(tmp_path: Path) ->
     assert "1 of 1 kernels took their schedule from `passc tune`'s records" in text
     gain = re.search(rf"{re.escape(tuned)} [\d.]+ ([\d.]+)×", text)
     assert gain is not None and float(gain.group(1)) < 0.5, text[text.index("Tuning records") :]
+
+
+def test_report_times_a_model_with_a_scalar_input(tmp_path: Path) -> None:
+    """A 0-d input (Silero VAD's sample rate) reaches the timed runs as a 0-d tensor."""
+    import onnx
+    from onnx import helper
+
+    from passc.compiler import compile_model
+    from passc.report import write_report
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["y"])],
+        "scaled",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 8]),
+            helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])],
+    )
+    path = tmp_path / "scaled.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    compiled = compile_model(path, "host", tmp_path / "a")
+    text = " ".join(page_text(write_report(compiled.artifact, rounds=2)).split())
+    assert "timed inside whole runs on this machine" in text, text[text.index("Where the time goes") :][:300]

@@ -163,7 +163,7 @@ def kernel_times(
     clocks = [_KernelClock() for _ in vms]
     for vm, clock in zip(vms, clocks, strict=True):
         vm.set_instrument(clock)
-    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+    tensors = [tvm.runtime.tensor(np.asarray(a, order="C")) for a in arrays]
     samples: list[list[dict[str, float]]] = [[] for _ in vms]
     configure(1, threads)
     if count() != threads:
