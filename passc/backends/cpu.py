@@ -35,8 +35,14 @@ SCHEDULES_ENV = "PASSC_SCHEDULES"
 
 
 def schedules_enabled() -> bool:
-    """PASSC_SCHEDULES=0 leaves TVM's naive loops (no default schedules, no tuning records)."""
+    """PASSC_SCHEDULES=0 leaves TVM's legalizations and naive loops (no default schedules, no
+    tuning records); PASSC_SCHEDULES=plain keeps passc's legalizations but leaves their kernels'
+    loops unscheduled (each kernel's plain loop nest, to compare its schedule against)."""
     return os.environ.get(SCHEDULES_ENV, "1") != "0"
+
+
+def _plain_loops() -> bool:
+    return os.environ.get(SCHEDULES_ENV) == "plain"
 
 
 def library_dispatch_passes(target: Any) -> list[Any]:
@@ -64,7 +70,7 @@ def schedule(mod: Any, target: Any, records: list[Path]) -> tuple[Any, tuple[str
     import tvm
     from tvm import relax
 
-    if not schedules_enabled():
+    if not schedules_enabled() or _plain_loops():
         return mod, ()
     from passc.metaschedule import open_records
     from passc.schedules import schedule_passes
