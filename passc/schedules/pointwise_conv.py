@@ -88,9 +88,11 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
     A tile spans a divisor of an image row or a whole number of rows (56 columns on AVX-512: two
     rows, 7 vectors), so its pixels are a box of the plane that the epilogue can take. Its
     accumulators, plus the `vectors` input vectors each step loads, fill at most `registers - 1`
-    registers (the weight is a broadcast operand of the multiply-add). The tile with the most
-    multiply-adds per load, rows · vectors / (rows + vectors), wins, then the one with the most
-    accumulators (`per_load`): many rows of one vector would saturate the load ports.
+    registers (the weight is a broadcast operand of the multiply-add). A tile of two or more
+    vectors wins over a one-vector tile (rows of broadcasts over 8 pixels ran 1.5–2× slower than
+    7 vectors × 1 row on AVX2's 56-wide planes); then the tile with the most multiply-adds per
+    load, rows · vectors / (rows + vectors), wins, then the one with the most accumulators
+    (`per_load`): many rows of one vector would saturate the load ports.
     """
     options = []
     for lanes in (spec.lanes, spec.lanes // 2):
@@ -104,10 +106,10 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
             if most_rows < 1:  # no room for one row of accumulators (AVX2's 16 registers)
                 continue
             rows = divisor(out_channels, most_rows)
-            options.append((*per_load(rows, vectors), lanes, vectors, rows))
+            options.append((vectors > 1, *per_load(rows, vectors), lanes, vectors, rows))
         if options:
             break
-    return max(options)[2:] if options else None
+    return max(options)[3:] if options else None
 
 
 # An expanding pointwise conv whose output is larger than this writes a few output planes at a
