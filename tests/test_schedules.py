@@ -867,3 +867,28 @@ def test_a_schedule_that_recomputes_a_block_is_declined() -> None:
         packed = schedules.PackedDense().apply(func, target, False)
     assert packed is not None and not recomputed(func, packed.mod["main"])
     assert block_runs(packed.mod["main"])["dense_packed"] == block_runs(func)["dense_packed"]
+
+
+def test_an_upsample_row_is_left_to_llvm_and_a_concat_row_is_vectorized() -> None:
+    """A nearest ×2 upsample (as torch exports nn.Upsample) reads its row at x // 2: TIR's
+    vectors would gather lane by lane (3× slower than the plain loops in PP-OCR's detector), so
+    its row is left to LLVM; a concat reads along its row one element per lane and keeps TIR's
+    vectors."""
+    from passc import schedules
+
+    model = weighted_model(
+        "(float[1, 8, 16, 32] x) => (float y, float z)",
+        """s = Constant<value = float[4] {1.0, 1.0, 2.0, 2.0}>()
+           y = Resize<mode = "nearest", coordinate_transformation_mode = "asymmetric",
+                      nearest_mode = "floor">(x, , s)
+           z = Concat<axis = 1>(x, x)""",
+    )
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    kernels = legalized_kernels(model, target)
+    scripts = {}
+    for fragment in ("resize", "concatenate"):
+        (name,) = [k for k in kernels if fragment in k]
+        with target:
+            scripts[fragment] = schedules.Elementwise().apply(kernels[name], target, False).mod.script()
+    assert "T.vectorized" not in scripts["resize"]
+    assert "T.vectorized(T.int64(8))" in scripts["concatenate"]

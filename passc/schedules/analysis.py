@@ -16,6 +16,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from tvm import s_tir, tirx
+from tvm.ir.expr import Expr
 from tvm.s_tir.dlight.analysis import IterInfo, SBlockInfo
 from tvm.tirx.analysis import undefined_vars
 
@@ -182,18 +183,20 @@ def reduction_chunk(channels: int, channel_bytes: int, budget: int, spec: CPUSpe
 def vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec, bands: int = 1) -> None:
     """A spatial block as one parallel loop over vectors of `lanes`.
 
-    When the innermost extent is a multiple of `lanes` it splits into vectors and every loop
-    outside fuses, so only the innermost index depends on the lane: a condition on an outer axis
-    (a concat's, on channels) stays one branch per vector, not a per-lane select that loads from
-    both inputs. With `bands`, an NCHW block whose rows they divide cuts its rows into that many
-    bands first (`PackedConv`'s pad).
+        When the innermost extent is a multiple of `lanes` it splits into vectors and every loop
+        outside fuses, so only the innermost index depends on the lane: a condition on an outer axis
+        (a concat's, on channels) stays one branch per vector, not a per-lane select that loads from
+        both inputs. With `bands`, an NCHW block whose rows they divide cuts its rows into that many
+        bands first (`PackedConv`'s pad).
 
-    Otherwise the outer loops fuse and no vector crosses rows (it would need per-lane division to
-    index). A long row (at least `_LLVM_ROW` vectors) is left to LLVM's loop vectorizer. A short
-    one is where LLVM goes wrong inside a parallel loop: it unrolls the row and vectorizes the
-    fused outer loop instead, with gathers and scatters. So a short row whose accesses all step
-    by one element along it (`_unit_stride`: a split, a concat, a pad; not an upsample's x // 2)
-    takes vectors of its largest power-of-two divisor up to `lanes` (8 of 40 and 56, 4 of 28, 2
+        Otherwise, and when the block reads along the row at its index divided by a constant
+        (`_gathers_along_row`: an upsample's x // 2), the outer loops fuse and no vector crosses
+        rows (it would need per-lane division to index). A long row (at least `_LLVM_ROW` vectors)
+        is left to LLVM's loop vectorizer. A short one is where LLVM goes wrong inside a parallel
+        loop: it unrolls the row and vectorizes the fused outer loop instead, with gathers and
+        scatters. So a short row whose accesses all step by one element along it (`_unit_stride`:
+        a split, a concat, a pad; not an upsample's x // 2) takes vectors of its largest
+        power-of-two divisor up to `lanes` (8 of 40 and 56, 4 of 28, 2
     of 14), and any other is left as it was."""
     loops = sch.get_loops(block)
     extents = [int(sch.get(loop).extent) for loop in loops]
@@ -201,7 +204,7 @@ def vectorize_flat(sch: s_tir.Schedule, block: Any, spec: CPUSpec, bands: int = 
     if bands > 1 and len(loops) == 4 and extents[2] % bands == 0:
         loops = _banded(sch, loops, bands)
     row = extents[-1]
-    if row % spec.lanes == 0:
+    if row % spec.lanes == 0 and not _gathers_along_row(sch.get(block)):
         chunk, inner = sch.split(loops[-1], [None, spec.lanes])
         outer = sch.fuse(*loops[:-1], chunk) if len(loops) > 1 else chunk
         sch.vectorize(inner)
@@ -227,6 +230,21 @@ def _banded(sch: s_tir.Schedule, loops: list[Any], bands: int) -> list[Any]:
     band, rows = sch.split(y, [bands, None])
     sch.reorder(band, n, c, rows, x)
     return [band, n, c, rows, x]
+
+
+def _gathers_along_row(block: Any) -> bool:
+    """Whether the block reads some buffer's last axis at its last iterator divided by a
+    constant (an upsample's x // 2): TIR's vectors would compute that index lane by lane and
+    gather, where LLVM's loop vectorizer does better."""
+    last = block.iter_vars[-1].var
+
+    def divides(expr: Any) -> bool:
+        if isinstance(expr, tirx.Div | tirx.FloorDiv):
+            return any(v.same_as(last) for v in undefined_vars(expr.a))
+        children = [getattr(expr, name, None) for name in ("a", "b", "value", "true_value", "false_value")]
+        return any(divides(c) for c in children if isinstance(c, Expr))
+
+    return any(region.region and divides(region.region[-1].min) for region in block.reads)
 
 
 def _unit_stride(block: Any) -> bool:
