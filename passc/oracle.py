@@ -142,11 +142,14 @@ def _as_float64(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def reference_noise(model: ir.Model, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+def reference_noise(
+    model: ir.Model, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
     """Per output, the reference's own float32 rounding (max abs): onnxruntime's float32 result
-    against the same model run in float64 and against onnxruntime without its graph optimisations
-    (the larger of the two that run; 0 where neither differs)."""
-    reference = run_onnxruntime(model, inputs)
+    (`reference`, when the caller has run it) against the same model run in float64 and against
+    onnxruntime without its graph optimisations (the larger of the two that run; 0 where neither
+    differs)."""
+    reference = run_onnxruntime(model, inputs) if reference is None else reference
     others = [run_onnxruntime(model, inputs, optimize=False)]
     try:
         wide = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in inputs.items()}

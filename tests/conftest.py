@@ -240,3 +240,22 @@ def commit_naive_records(records: Path, model: Path, seconds: float) -> None:
         naive = tvm.s_tir.Schedule(task.dispatched[0])
         naive.get_loops(naive.get_child_blocks(naive.get_sblock("root"))[0])  # looks, changes nothing
         database.commit_tuning_record(ms.database.TuningRecord(naive.trace, workload, [seconds], target))
+
+
+def conv_with_naive_records(tmp_path: Path) -> tuple[Path, Path]:
+    """A 3×3 conv + ReLU (4.7 M multiply-adds: naive loops take milliseconds, the default
+    schedule ~0.1 ms) saved as conv.onnx, and a records database whose one record for it holds
+    TVM's naive loops but claims 1 ns: (model, records)."""
+    rng = np.random.default_rng(0)
+    model, records = tmp_path / "conv.onnx", tmp_path / "records"
+    ir.save(
+        weighted_model(
+            "(float[1, 16, 32, 32] x) => (float y)",
+            "h = Conv<pads = [1, 1, 1, 1]>(x, w, b) y = Relu(h)",
+            w=rng.standard_normal((32, 16, 3, 3)).astype(np.float32),
+            b=rng.standard_normal(32).astype(np.float32),
+        ),
+        model,
+    )
+    commit_naive_records(records, model, 1e-9)
+    return model, records

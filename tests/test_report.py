@@ -187,25 +187,12 @@ def test_verify_report_shows_each_outputs_error(run_cli, tmp_path: Path, monkeyp
 def test_report_measures_each_tuned_kernels_gain_in_the_model(tmp_path: Path) -> None:
     """Records that claim 1 ns but hold TVM's naive loops (a search's winner measured wrong): the
     artifact takes them, and the report, timing it against the default schedules, shows the loss."""
-    import numpy as np
-    import onnx_ir as ir
-    from conftest import commit_naive_records, weighted_model
+    from conftest import conv_with_naive_records
 
     from passc.compiler import compile_model
     from passc.report import write_report
 
-    rng = np.random.default_rng(0)
-    model, records = tmp_path / "conv.onnx", tmp_path / "records"
-    ir.save(
-        weighted_model(  # naive loops take milliseconds here, the default schedule ~0.1 ms
-            "(float[1, 16, 32, 32] x) => (float y)",
-            "h = Conv<pads = [1, 1, 1, 1]>(x, w, b) y = Relu(h)",
-            w=rng.standard_normal((32, 16, 3, 3)).astype(np.float32),
-            b=rng.standard_normal(32).astype(np.float32),
-        ),
-        model,
-    )
-    commit_naive_records(records, model, 1e-9)
+    model, records = conv_with_naive_records(tmp_path)
     compiled = compile_model(model, "host", tmp_path / "art", records=[records])
     [tuned] = compiled.artifact.info.tuned
     report = write_report(compiled.artifact, rounds=3)

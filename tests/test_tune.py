@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import commit_naive_records, weighted_model
+from conftest import commit_naive_records, conv_with_naive_records, weighted_model
 
 from passc.metaschedule import (
     FAILED_RUN_SECS,
@@ -254,22 +254,9 @@ def test_a_record_that_loses_in_the_model_gives_way_to_the_default(tmp_path: Pat
     """`tune --trials 0` checks the records a database holds: each kernel's fastest record claims
     1 ns but is TVM's naive loops; timed in the model against the default schedule it loses, so
     its record goes and the default's stays, which the next compile applies."""
-    import onnx_ir as ir
-
     import passc
 
-    rng = np.random.default_rng(0)
-    model, records = tmp_path / "conv.onnx", tmp_path / "records"
-    ir.save(
-        weighted_model(  # 4.7 M multiply-adds: naive loops take milliseconds, the default ~0.1 ms
-            "(float[1, 16, 32, 32] x) => (float y)",
-            "h = Conv<pads = [1, 1, 1, 1]>(x, w, b) y = Relu(h)",
-            w=rng.standard_normal((32, 16, 3, 3)).astype(np.float32),
-            b=rng.standard_normal(32).astype(np.float32),
-        ),
-        model,
-    )
-    commit_naive_records(records, model, 1e-9)
+    model, records = conv_with_naive_records(tmp_path)
     lines: list[str] = []
     report = passc.tune(model, "host", trials=0, records=records, threads=2, progress=lines.append)
     assert report.trials == 0

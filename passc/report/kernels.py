@@ -123,6 +123,11 @@ class KernelRow:
     tuned: bool
 
 
+def _run_arrays(artifact: Artifact, function: str) -> list:
+    """What a timed run of `function` is called with: random inputs, then its runtime parameters."""
+    return [*artifact.random_inputs(function=function).values(), *artifact.params_of(function)]
+
+
 def measure(artifact: Artifact, function: str, threads: int, rounds: int) -> list[KernelRow]:
     """Times each kernel of `function` inside `rounds` whole runs on random inputs here (after a
     warm-up run); PasscError when the artifact cannot run on this machine or TVM cannot run
@@ -132,7 +137,7 @@ def measure(artifact: Artifact, function: str, threads: int, rounds: int) -> lis
     if not artifact.target.runs_on_host:
         raise PasscError(f"{artifact.target.name} artifacts do not run on this {platform.machine()} machine")
     artifact.check()
-    arrays = [*artifact.random_inputs(function=function).values(), *artifact.params_of(function)]
+    arrays = _run_arrays(artifact, function)
     [samples] = library_kernel_times(
         [artifact.path / "model.so"], arrays, threads=threads, rounds=rounds, function=function
     )
@@ -182,7 +187,7 @@ def tuning_gains(artifact: Artifact, function: str, threads: int, rounds: int) -
         default = lower(models, info.target.tvm, [], specs)
     except PasscError as err:
         raise PasscError(f"the default-schedule build failed: {err}") from None
-    arrays = [*artifact.random_inputs(function=function).values(), *artifact.params_of(function)]
+    arrays = _run_arrays(artifact, function)
     before, after = library_kernel_times(
         [default.executable, artifact.path / "model.so"],
         arrays,

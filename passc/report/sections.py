@@ -397,8 +397,6 @@ def pass_pages(artifact: Artifact, models: dict[str, ir.Model]) -> list[Section]
             continue
         for section in cls.report_sections(record, model):
             if function is not None and len(artifact.info.functions) > 1:
-                section.title = f"{section.title} (function {function})"
-                section.anchor = ""
-                section.__post_init__()
+                section = Section(f"{section.title} (function {function})", section.blocks)
             sections.append(section)
     return sections
