@@ -248,6 +248,8 @@ def compile_model(
     )
     if lowered.tuned_kernels:
         progress(f"{lowered.tuned_kernels} of {lowered.kernels} kernels scheduled from tuning records")
+    for line in lowered.declined:
+        progress(f"declined schedule: {line}")
     relax_log = lowered.relax_log
 
     def fill(tmp: Path) -> Manifest:

@@ -290,6 +290,7 @@ class Lowered:
     relax_log: list[Any] = field(default_factory=list)
     kernel_flops: dict[str, int] = field(default_factory=dict)  # per kernel (`Built.kernel_flops`)
     tuned: tuple[str, ...] = ()  # the kernels scheduled from tuning records
+    declined: tuple[str, ...] = ()  # `Built.declined`
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -367,6 +368,7 @@ def lower(
         imported.relax_log,
         built.kernel_flops,
         built.tuned,
+        built.declined,
     )
 
 

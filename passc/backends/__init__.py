@@ -39,6 +39,7 @@ class Built:
     tuned_kernels: int  # of those, how many took their schedule from tuning records
     kernel_flops: dict[str, int] = field(default_factory=dict)  # per kernel, before scheduling
     tuned: tuple[str, ...] = ()  # the kernels that took their schedule from tuning records
+    declined: tuple[str, ...] = ()  # a line per schedule a rule declined (its recomputation guard)
 
 
 class Runner(Protocol):
@@ -62,9 +63,11 @@ class Backend(Protocol):
         """Library dispatch and legalization: the fused, legalized PrimFuncs (tuning's tasks)."""
         ...
 
-    def schedule(self, mod: Any, tvm_target: Any, records: list[Path]) -> tuple[Any, tuple[str, ...]]:
+    def schedule(
+        self, mod: Any, tvm_target: Any, records: list[Path]
+    ) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
         """The legalized module's kernels scheduled (tuning records first), before lowering;
-        returns it and the kernels that took a record."""
+        returns it, the kernels that took a record and a line per schedule a rule declined."""
         ...
 
     def build(self, mod: Any, tvm_target: Any, records: list[Path]) -> Built:

@@ -63,17 +63,18 @@ def legalize_passes(target: Any) -> list[Any]:
     return passc_legalize_passes()
 
 
-def schedule(mod: Any, target: Any, records: list[Path]) -> tuple[Any, tuple[str, ...]]:
-    """Schedules every kernel; returns the module and the kernels that took a schedule from the
-    tuning records in `records`. A kernel with a matching record gets its best schedule
-    (`MetaScheduleApplyDatabase`), every other kernel passc's default schedule."""
+def schedule(mod: Any, target: Any, records: list[Path]) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+    """Schedules every kernel; returns the module, the kernels that took a schedule from the
+    tuning records in `records`, and a line per schedule a rule declined (`Rule.checked`). A
+    kernel with a matching record gets its best schedule (`MetaScheduleApplyDatabase`), every
+    other kernel passc's default schedule."""
     import tvm
     from tvm import relax
 
     if not schedules_enabled() or _plain_loops():
-        return mod, ()
+        return mod, (), ()
     from passc.metaschedule import open_records
-    from passc.schedules import schedule_passes
+    from passc.schedules import collecting_declines, schedule_passes
 
     tuned: tuple[str, ...] = ()
     database = open_records(records)
@@ -81,7 +82,9 @@ def schedule(mod: Any, target: Any, records: list[Path]) -> tuple[Any, tuple[str
         with database:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
         tuned = tuple(sorted(gv.name_hint for gv, f in mod.functions.items() if _is_scheduled(f)))
-    return tvm.transform.Sequential(schedule_passes(target))(mod), tuned
+    with collecting_declines() as declines:
+        mod = tvm.transform.Sequential(schedule_passes(target))(mod)
+    return mod, tuned, tuple(declines)
 
 
 def kernel_flops(mod: Any) -> dict[str, int]:
@@ -166,7 +169,9 @@ class CPUBackend:
             phases = library_dispatch_passes(tvm_target) + legalize_passes(tvm_target)
             return tvm.transform.Sequential(phases)(mod)
 
-    def schedule(self, mod: Any, tvm_target: Any, records: list[Path]) -> tuple[Any, tuple[str, ...]]:
+    def schedule(
+        self, mod: Any, tvm_target: Any, records: list[Path]
+    ) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
         """The legalized module scheduled, before data-flow lowering (what `build` compiles)."""
         with tvm_target:
             return schedule(mod, tvm_target, records)
@@ -176,13 +181,13 @@ class CPUBackend:
 
         legalized = self.legalize(mod, tvm_target)
         flops = kernel_flops(legalized)
-        mod, tuned = self.schedule(legalized, tvm_target, records)
+        mod, tuned, declined = self.schedule(legalized, tvm_target, records)
         with tvm_target:
             phases = dataflow_lower_passes(tvm_target) + finalize_passes(tvm_target)
             mod = tvm.transform.Sequential(phases)(mod)
         kernels = sum(1 for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
         executable = tvm.compile(mod, target=tvm_target, relax_pipeline=None)
-        return Built(executable, kernels, len(tuned), flops, tuned)
+        return Built(executable, kernels, len(tuned), flops, tuned, declined)
 
     def write(self, executable: Any, out_dir: Path, target: Target) -> list[str]:
         export_library(executable, out_dir / LIBRARY, target.require_cxx())

@@ -23,6 +23,7 @@ order. Like `passc.lowering`, this package imports TVM; only the lowering import
 """
 
 from passc.schedules.axis_reduction import AxisReduction
+from passc.schedules.base import collecting_declines
 from passc.schedules.contraction import Contraction, register_tile
 from passc.schedules.cpu import CPUSpec, cpu_spec
 from passc.schedules.elementwise import Elementwise
@@ -38,6 +39,7 @@ from passc.schedules.trailing_sum import TrailingSum
 from passc.schedules.wide_depthwise import WideDepthwise
 
 __all__ = [
+    "collecting_declines",
     "AxisReduction",
     "CPUSpec",
     "Contraction",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from tvm import s_tir, tirx
@@ -15,9 +17,33 @@ from passc.schedules.analysis import REFUSALS, root_blocks
 from passc.schedules.cpu import CPUSpec, cpu_spec, for_bits
 from passc.schedules.work import RUNS_SLACK, recomputed
 
-__all__ = ["Rule"]
+__all__ = ["Rule", "collecting_declines", "scheduling_kernel"]
 
 logger = logging.getLogger(__name__)
+
+_KERNEL: ContextVar[str] = ContextVar("passc_kernel", default="a kernel")
+_DECLINES: ContextVar[list[str] | None] = ContextVar("passc_declines", default=None)
+
+
+@contextlib.contextmanager
+def scheduling_kernel(name: str) -> Iterator[None]:
+    """Names the kernel the rules are scheduling, for their declines."""
+    token = _KERNEL.set(name)
+    try:
+        yield
+    finally:
+        _KERNEL.reset(token)
+
+
+@contextlib.contextmanager
+def collecting_declines() -> Iterator[list[str]]:
+    """A list that gets one line per schedule a rule declines (`Rule.checked`) inside the block."""
+    declines: list[str] = []
+    token = _DECLINES.set(declines)
+    try:
+        yield declines
+    finally:
+        _DECLINES.reset(token)
 
 
 class Rule(ScheduleRule):
@@ -45,24 +71,23 @@ class Rule(ScheduleRule):
         return self.checked(func, scheduled)
 
     def checked(self, func: tirx.PrimFunc, scheduled: Any) -> Any:
-        """`scheduled`, or None when it runs a block more than RUNS_SLACK times as often as the
-        legalized loop nest `func` does (`passc.schedules.work`): the rule declines, logged, and
-        the next rule (at worst the plain loops) takes the kernel."""
+        """`scheduled`, or None when it recomputes (`passc.schedules.work.recomputed`: a block run
+        more than RUNS_SLACK times as often as in the legalized loop nest `func`, or more
+        arithmetic inside a reduction): the rule declines, the decline is logged and collected
+        (`collecting_declines`), and the next rule (at worst the plain loops) takes the kernel."""
         if scheduled is None:
             return None
         first = scheduled[0] if isinstance(scheduled, list) else scheduled
-        blocks = recomputed(func, first.mod["main"])
-        if not blocks:
+        counts = recomputed(func, first.mod["main"])
+        if not counts:
             return scheduled
-        worst = max(blocks, key=blocks.get)
-        logger.warning(
-            "schedule rule %s declined a kernel: its schedule would run block %r %.0f× as often as "
-            "TVM's loops do (the limit is %g×), so the next rule schedules that kernel",
-            self.rule_name,
-            worst,
-            blocks[worst],
-            RUNS_SLACK,
-        )
+        worst = max(counts, key=counts.get)
+        doing = _doing(worst, counts[worst])
+        line = f"{_KERNEL.get()}: rule {self.rule_name} declined it, its schedule would {doing}"
+        logger.info("%s", line)
+        declines = _DECLINES.get()
+        if declines is not None:
+            declines.append(line)
         return None
 
     @property
@@ -72,6 +97,17 @@ class Rule(ScheduleRule):
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
         raise NotImplementedError
+
+
+def _doing(count: str, ratio: float) -> str:
+    """What a `recomputed` count that grew `ratio` times means, as a verb phrase."""
+    if count == "math in reductions":
+        return (
+            f"evaluate {ratio:.0f}× the arithmetic of the blocks it inlined inside reductions (a "
+            f"prologue computed at every step of a reduction; the limit is {RUNS_SLACK:g}×)"
+        )
+    name = count.removeprefix("block ")
+    return f"run block {name!r} {ratio:.0f}× as often as TVM's loops do (the limit is {RUNS_SLACK:g}×)"
 
 
 def _inline_scalars(sch: s_tir.Schedule) -> None:

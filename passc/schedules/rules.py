@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -17,7 +18,7 @@ from tvm.target import Target
 
 from passc.schedules.analysis import REFUSALS
 from passc.schedules.axis_reduction import AxisReduction
-from passc.schedules.base import Rule
+from passc.schedules.base import Rule, scheduling_kernel
 from passc.schedules.contraction import Contraction
 from passc.schedules.cpu import CPUSpec
 from passc.schedules.elementwise import Elementwise
@@ -84,4 +85,30 @@ def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | No
 def schedule_passes(target: Target) -> list[Any]:
     """The module passes that schedule every legalized PrimFunc (run under `target`)."""
     del target  # each function's own target (or the current one) picks the CPU spec
-    return [dlight.ApplyDefaultSchedule(*default_rules())]
+    return [ApplyRules(default_rules())]
+
+
+@tvm.transform.module_pass(opt_level=0, name="passc.ApplyRules")
+class ApplyRules:
+    """dlight's `ApplyDefaultSchedule`: each PrimFunc not yet scheduled gets the first of `rules`
+    that applies; the rules also learn the kernel's name (`scheduling_kernel`), for their declines."""
+
+    def __init__(self, rules: list[ScheduleRule]) -> None:
+        self.rules = rules
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
+        scheduled = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+                continue
+            target = func.attrs.get("target") if func.attrs else None
+            target = target or Target.current(allow_none=False)
+            with scheduling_kernel(gv.name_hint):
+                tried = (rule.apply(func, target, False) for rule in self.rules)
+                schedule = next((s for s in tried if s is not None), None)
+            if schedule is not None:
+                first = schedule[0] if isinstance(schedule, list) else schedule
+                scheduled[gv] = first.mod["main"].with_attr("tirx.is_scheduled", True)
+        for gv, func in scheduled.items():
+            mod[gv] = func
+        return mod
