@@ -29,6 +29,7 @@ __all__ = [
     "divisor",
     "epilogue_block",
     "inline_injective",
+    "inline_prologues",
     "inline_side_inputs",
     "named_reduction",
     "per_load",
@@ -119,6 +120,28 @@ def inline_side_inputs(
     left = []
     for i, block in enumerate(blocks):
         if i < index and block.name not in feeding and block.is_injective():
+            try:
+                sch.compute_inline(block.block_rv)
+                continue
+            except REFUSALS:
+                pass
+        left.append(block)
+    return left, left.index(blocks[index])
+
+
+def inline_prologues(
+    sch: s_tir.Schedule, blocks: list[SBlockInfo], index: int
+) -> tuple[list[SBlockInfo], int]:
+    """Inlines into its readers each injective block before the reduction `blocks[index]` that
+    only other blocks before it read: an elementwise prologue (a scale, an activation) on an
+    input that a pad or a copy into blocks reads. It is then computed in that stage, once per
+    input element, and never in the reduction, which keeps reading the stage's output. Returns
+    the blocks left and the reduction's index."""
+    main = blocks[index].name
+    left = []
+    for i, block in enumerate(blocks):
+        readers = [sch.get(c).name_hint for c in sch.get_consumers(block.block_rv)] if i < index else []
+        if readers and main not in readers and block.is_injective():
             try:
                 sch.compute_inline(block.block_rv)
                 continue

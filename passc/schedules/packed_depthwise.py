@@ -32,6 +32,7 @@ from passc.schedules.analysis import (
     divisor,
     epilogue_block,
     inline_injective,
+    inline_prologues,
     inline_side_inputs,
     named_reduction,
     tile_factors,
@@ -137,6 +138,7 @@ class PackedDepthwise(Rule):
         if index is None or blocks[index].dom_kind() != "SSSSRR":
             return None
         blocks, index = inline_side_inputs(sch, blocks, index)
+        blocks, index = inline_prologues(sch, blocks, index)
         if [b.name for b in blocks[:index]] != [DEPTHWISE_BLOCKS]:
             return None
         main, copy = blocks[index], blocks[0]

@@ -8,8 +8,9 @@ from typing import Any
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo
+from tvm.tirx.analysis import undefined_vars
 
-from passc.schedules.analysis import PARALLEL_MIN, inline_injective
+from passc.schedules.analysis import PARALLEL_MIN, REFUSALS, inline_injective
 from passc.schedules.base import Rule
 from passc.schedules.cpu import CPUSpec
 
@@ -18,7 +19,8 @@ __all__ = ["TrailingSum"]
 
 class TrailingSum(Rule):
     """A sum (or max) of one tensor over its trailing, contiguous axes: a global average pool's
-    mean over H×W (NCHW), with its epilogue (the division).
+    mean over H×W (NCHW), with its epilogue (the division) and an elementwise prologue (GroupNorm's
+    squares), which the sum computes as it reads each element.
 
     Summed in place, each output is one chain of dependent scalar adds (4 cycles each), and no
     loop is vectorized. Here the reduced axes fuse into one loop of length L, split by P lanes (a
@@ -36,7 +38,10 @@ class TrailingSum(Rule):
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
         reductions = [i for i, b in enumerate(blocks) if not b.is_injective()]
-        if len(reductions) != 1 or reductions[0] != 0:
+        if len(reductions) != 1:
+            return None
+        blocks = _inline_prologue(sch, blocks, reductions[0])
+        if blocks is None:
             return None  # producers (pads) before it: not a plain pool
         main = blocks[0]
         kinds, extents = main.dom_kind(), main.dom()
@@ -47,7 +52,8 @@ class TrailingSum(Rule):
         written = {region.source.name for region in stmt.writes}
         inputs = [region for region in stmt.reads if region.source.name not in written]
         reduced = [it.var for it in stmt.iter_vars[-count:]]
-        if len(inputs) != 1 or not _indexed_last_by(inputs[0], reduced, extents[-count:]):
+        varying = [r for r in inputs if any(_uses(rng.min, reduced) for rng in r.region)]
+        if not varying or not all(_indexed_last_by(r, reduced, extents[-count:]) for r in varying):
             return None
         length = math.prod(extents[-count:])
         lanes = next(
@@ -76,6 +82,22 @@ class TrailingSum(Rule):
         init = sch.decompose_reduction(partial, chunk)
         sch.vectorize(sch.get_loops(init)[-1])
         return sch
+
+
+def _inline_prologue(sch: s_tir.Schedule, blocks: list[SBlockInfo], index: int) -> list[SBlockInfo] | None:
+    """The blocks from the reduction `blocks[index]` on, after inlining the elementwise blocks
+    before it (a scale or an activation of what it sums, evaluated once per element it reads),
+    or None where one of them cannot be inlined."""
+    for block in blocks[:index]:
+        try:
+            sch.compute_inline(block.block_rv)
+        except REFUSALS:
+            return None
+    return blocks[index:]
+
+
+def _uses(expr: Any, variables: list[Any]) -> bool:
+    return any(v.same_as(var) for v in undefined_vars(expr) for var in variables)
 
 
 def _indexed_last_by(region: Any, variables: list[Any], extents: list[int]) -> bool:

@@ -10,6 +10,7 @@ from passc.schedules.analysis import (
     divisor,
     epilogue_block,
     inline_injective,
+    inline_prologues,
     inline_side_inputs,
     vector_lanes,
 )
@@ -51,6 +52,7 @@ class WideDepthwise(Rule):
         if index is None or any(not b.is_injective() for b in blocks[index + 1 :]):
             return None
         blocks, index = inline_side_inputs(sch, blocks, index)
+        blocks, index = inline_prologues(sch, blocks, index)
         main = blocks[index]
         kinds, extents = main.dom_kind(), main.dom()
         depthwise = main.name.startswith("group_conv2d_nchw") and kinds == "SSSSRRR"
