@@ -675,6 +675,7 @@ def test_packed_convs_over_maps_larger_than_their_weights_run_bands_of_rows_in_p
         ((112, 112), 96, CPUSpec(16, 32), (16, 7, 3)),  # one row of 112
         ((40, 40), 64, CPUSpec(16, 32), (16, 5, 4)),  # 2 rows of 40: 5 vectors × 4 channels
         ((14, 14), 576, CPUSpec(16, 32), None),  # 196 pixels: no whole number of 8 or 16 lanes
+        ((14, 14), 320, CPUSpec(8, 16), None),  # nor of 8: half vectors of 4 lose to the packed conv
         # AVX2's 16 registers: 7 vectors × 1 channel, not 12 channels × 1 vector (1.5–2× slower)
         ((56, 56), 24, CPUSpec(8, 16), (8, 7, 1)),
         ((64, 64), 24, CPUSpec(8, 16), (8, 2, 6)),  # 16 pixels × 6 channels beats 8 × 12

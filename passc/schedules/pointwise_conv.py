@@ -82,8 +82,10 @@ def legalize_pointwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax
 
 
 def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) -> tuple[int, int, int] | None:
-    """(lanes, vectors, rows) of a pointwise conv's accumulator tile: `vectors` vectors of `lanes`
-    pixels of one plane × `rows` output channels, or None when no vector size divides the plane.
+    """(lanes, vectors, rows) of a pointwise conv's accumulator tile: `vectors` whole vectors of
+    `lanes` pixels of one plane × `rows` output channels, or None when no whole number of vectors
+    divides the plane (the packed conv takes it: on AVX2's 14×14 planes, tiles of half vectors ran
+    the 1×1 convs of a PoolFormer 1.5× slower than the packed conv's channel vectors).
 
     A tile spans a divisor of an image row or a whole number of rows (56 columns on AVX-512: two
     rows, 7 vectors), so its pixels are a box of the plane that the epilogue can take. Its
@@ -94,21 +96,17 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
     load, rows · vectors / (rows + vectors), wins, then the one with the most accumulators
     (`per_load`): many rows of one vector would saturate the load ports.
     """
+    lanes = spec.lanes
     options = []
-    for lanes in (spec.lanes, spec.lanes // 2):
-        if lanes < 4 or (height * width) % lanes:
+    for vectors in range(1, 9):
+        pixels = lanes * vectors
+        if (height * width) % pixels or (width % pixels and pixels % width):
             continue
-        for vectors in range(1, 9):
-            pixels = lanes * vectors
-            if (height * width) % pixels or (width % pixels and pixels % width):
-                continue
-            most_rows = (spec.registers - 1 - vectors) // vectors
-            if most_rows < 1:  # no room for one row of accumulators (AVX2's 16 registers)
-                continue
-            rows = divisor(out_channels, most_rows)
-            options.append((vectors > 1, *per_load(rows, vectors), lanes, vectors, rows))
-        if options:
-            break
+        most_rows = (spec.registers - 1 - vectors) // vectors
+        if most_rows < 1:  # no room for one row of accumulators (AVX2's 16 registers)
+            continue
+        rows = divisor(out_channels, most_rows)
+        options.append((vectors > 1, *per_load(rows, vectors), lanes, vectors, rows))
     return max(options)[3:] if options else None
 
 
