@@ -292,7 +292,9 @@ def test_pack_panels_pads_the_last_panel_with_zeros() -> None:
         (40, 8, 3, CPUSpec(8, 16), (5, 1)),  # AVX2's 16 registers: 6 accumulators at most
         (14, 16, 1, CPUSpec(16, 32), (7, 2)),  # 1×1: 14 FMAs per 9 loads, not per 15 as 14 × 1
         (112, 4, 7, CPUSpec(16, 32), (7, 2)),  # ResNet's 7×7 stem ranks like a 1×1
-        (56, 8, 1, CPUSpec(8, 16), (2, 2)),  # 1×1 with 6 accumulators: 4 FMAs per 4 loads
+        (56, 8, 1, CPUSpec(8, 16), (4, 2)),  # AVX2's 1×1: 8 accumulators, 8 FMAs per 6 loads
+        (14, 40, 1, CPUSpec(8, 16), (2, 4)),  # 1280 → 320 at 14²: 2 × 4, not 2 × 2 (1.3× faster)
+        (7, 64, 1, CPUSpec(8, 16), (7, 1)),  # 7 columns: 7 accumulators, not 1 × 4
         (1, 8, 1, CPUSpec(4, 32), (1, 4)),  # a 1×1 output (a dense layer as conv): 4 vectors
     ],
 )
