@@ -215,9 +215,8 @@ def conv_tile(
 ) -> tuple[int, int]:
     """(rows, vectors) of a packed conv's accumulator tile: `rows` output columns × `vectors`
     vectors of output channels, at most (registers - 4) / 2 accumulators (14 with 32 registers;
-    the rest hold the weight vectors and broadcasts), and for a 1×1 kernel at least 8 where the
-    registers hold them (`_fits`). Rows divide the output width, vectors the channel blocks: no
-    tail loops.
+    the rest hold the weight vectors and broadcasts), or up to 8 where the registers hold them
+    (`_fits`). Rows divide the output width, vectors the channel blocks: no tail loops.
 
     - A 1×1 conv whose row fills more than half the accumulators (8 to 14 columns with 32
       registers) takes the whole row and two vectors when its `reduction` (input channels) is at
@@ -236,16 +235,19 @@ def conv_tile(
             return out_width, 2
         if whole_rows:
             return out_width, 1
+    most = max(budget, _FMAS_IN_FLIGHT)
     if 1 < kernel_width < 5:
-        rows = divisor(out_width, budget)
-        vectors = max(k for k in (1, 2, 4) if k == 1 or (k * rows <= budget and vector_blocks % k == 0))
+        rows = divisor(out_width, most)
+        vectors = max(
+            k for k in (1, 2, 4) if k == 1 or (vector_blocks % k == 0 and _fits(rows, k, budget, spec))
+        )
         return rows, vectors
     options = [
         (*per_load(rows, vectors), rows, vectors)
-        for rows in range(1, min(out_width, max(budget, _FMAS_IN_FLIGHT)) + 1)
+        for rows in range(1, min(out_width, most) + 1)
         if out_width % rows == 0
         for vectors in (1, 2, 4)
-        if vector_blocks % vectors == 0 and _fits(rows, vectors, kernel_width, budget, spec)
+        if vector_blocks % vectors == 0 and _fits(rows, vectors, budget, spec)
     ]
     return max(options)[2:]
 
@@ -255,15 +257,13 @@ def conv_tile(
 _FMAS_IN_FLIGHT = 8
 
 
-def _fits(rows: int, vectors: int, kernel_width: int, budget: int, spec: CPUSpec) -> bool:
-    """Whether a tile of rows × vectors accumulators fits: at most `budget` accumulators; a 1×1
-    kernel's tile, which needs only its `vectors` weight vectors and a broadcast (and a spare)
-    besides, at least `_FMAS_IN_FLIGHT` where the registers hold them (AVX2's 16: 2 × 4, where
-    the budget of 6 left 1×1 tiles at 2 × 2)."""
-    if kernel_width == 1:
-        most = max(budget, _FMAS_IN_FLIGHT)
-        return rows * vectors <= most and rows * vectors + vectors + 2 <= spec.registers
-    return rows * vectors <= budget
+def _fits(rows: int, vectors: int, budget: int, spec: CPUSpec) -> bool:
+    """Whether a tile of rows × vectors accumulators fits: at most `budget`, or at least
+    `_FMAS_IN_FLIGHT` where the registers also hold the tile's `vectors` weight vectors, a
+    broadcast and a spare (AVX2's 16: 2 × 4 or 8 × 1, where the budget of 6 left 1×1 tiles at
+    2 × 2 and 3×3 tiles at 4 × 1)."""
+    most = max(budget, _FMAS_IN_FLIGHT)
+    return rows * vectors <= most and rows * vectors + vectors + 2 <= spec.registers
 
 
 def weight_chunk(channels: int, channel_bytes: int, spec: CPUSpec) -> int | None:
