@@ -13,6 +13,7 @@ blocks each leaves can differ.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tvm import s_tir, tirx
@@ -117,16 +118,7 @@ def inline_side_inputs(
             if name not in feeding:
                 feeding.add(name)
                 pending.append(producer)
-    left = []
-    for i, block in enumerate(blocks):
-        if i < index and block.name not in feeding and block.is_injective():
-            try:
-                sch.compute_inline(block.block_rv)
-                continue
-            except REFUSALS:
-                pass
-        left.append(block)
-    return left, left.index(blocks[index])
+    return _inline_before(sch, blocks, index, lambda block: block.name not in feeding)
 
 
 def inline_prologues(
@@ -138,10 +130,22 @@ def inline_prologues(
     input element, and never in the reduction, which keeps reading the stage's output. Returns
     the blocks left and the reduction's index."""
     main = blocks[index].name
+
+    def only_before(block: SBlockInfo) -> bool:
+        readers = [sch.get(c).name_hint for c in sch.get_consumers(block.block_rv)]
+        return bool(readers) and main not in readers
+
+    return _inline_before(sch, blocks, index, only_before)
+
+
+def _inline_before(
+    sch: s_tir.Schedule, blocks: list[SBlockInfo], index: int, wanted: Callable[[SBlockInfo], bool]
+) -> tuple[list[SBlockInfo], int]:
+    """Inlines into its consumers each injective block before `blocks[index]` that is `wanted`,
+    in order, where it can be; returns the blocks left and `blocks[index]`'s index among them."""
     left = []
     for i, block in enumerate(blocks):
-        readers = [sch.get(c).name_hint for c in sch.get_consumers(block.block_rv)] if i < index else []
-        if readers and main not in readers and block.is_injective():
+        if i < index and block.is_injective() and wanted(block):
             try:
                 sch.compute_inline(block.block_rv)
                 continue

@@ -239,7 +239,7 @@ def conv_tile(
     if 1 < kernel_width < 5:
         rows = divisor(out_width, most)
         vectors = max(
-            k for k in (1, 2, 4) if k == 1 or (vector_blocks % k == 0 and _fits(rows, k, budget, spec))
+            k for k in (1, 2, 4) if k == 1 or (vector_blocks % k == 0 and _fits(rows, k, most, spec))
         )
         return rows, vectors
     options = [
@@ -247,7 +247,7 @@ def conv_tile(
         for rows in range(1, min(out_width, most) + 1)
         if out_width % rows == 0
         for vectors in (1, 2, 4)
-        if vector_blocks % vectors == 0 and _fits(rows, vectors, budget, spec)
+        if vector_blocks % vectors == 0 and _fits(rows, vectors, most, spec)
     ]
     return max(options)[2:]
 
@@ -257,12 +257,11 @@ def conv_tile(
 _FMAS_IN_FLIGHT = 8
 
 
-def _fits(rows: int, vectors: int, budget: int, spec: CPUSpec) -> bool:
-    """Whether a tile of rows × vectors accumulators fits: at most `budget`, or at least
-    `_FMAS_IN_FLIGHT` where the registers also hold the tile's `vectors` weight vectors, a
-    broadcast and a spare (AVX2's 16: 2 × 4 or 8 × 1, where the budget of 6 left 1×1 tiles at
-    2 × 2 and 3×3 tiles at 4 × 1)."""
-    most = max(budget, _FMAS_IN_FLIGHT)
+def _fits(rows: int, vectors: int, most: int, spec: CPUSpec) -> bool:
+    """Whether a tile of rows × vectors accumulators fits: at most `most` (the budget, or
+    `_FMAS_IN_FLIGHT` where that is more), with the registers also holding the tile's `vectors`
+    weight vectors, a broadcast and a spare (AVX2's 16: 2 × 4 or 8 × 1, where the budget of 6
+    left 1×1 tiles at 2 × 2 and 3×3 tiles at 4 × 1)."""
     return rows * vectors <= most and rows * vectors + vectors + 2 <= spec.registers
 
 

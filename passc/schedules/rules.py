@@ -85,16 +85,14 @@ def default_schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | No
 def schedule_passes(target: Target) -> list[Any]:
     """The module passes that schedule every legalized PrimFunc (run under `target`)."""
     del target  # each function's own target (or the current one) picks the CPU spec
-    return [ApplyRules(default_rules())]
+    return [ApplyRules()]
 
 
 @tvm.transform.module_pass(opt_level=0, name="passc.ApplyRules")
 class ApplyRules:
-    """dlight's `ApplyDefaultSchedule`: each PrimFunc not yet scheduled gets the first of `rules`
-    that applies; the rules also learn the kernel's name (`scheduling_kernel`), for their declines."""
-
-    def __init__(self, rules: list[ScheduleRule]) -> None:
-        self.rules = rules
+    """dlight's `ApplyDefaultSchedule` with passc's rules (`default_schedule`): each PrimFunc not
+    yet scheduled gets the first rule's schedule that applies; the rules also learn the kernel's
+    name (`scheduling_kernel`), for their declines."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx: Any) -> tvm.IRModule:
         scheduled = {}
@@ -102,13 +100,10 @@ class ApplyRules:
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
                 continue
             target = func.attrs.get("target") if func.attrs else None
-            target = target or Target.current(allow_none=False)
             with scheduling_kernel(gv.name_hint):
-                tried = (rule.apply(func, target, False) for rule in self.rules)
-                schedule = next((s for s in tried if s is not None), None)
+                schedule = default_schedule(func, target or Target.current(allow_none=False))
             if schedule is not None:
-                first = schedule[0] if isinstance(schedule, list) else schedule
-                scheduled[gv] = first.mod["main"].with_attr("tirx.is_scheduled", True)
+                scheduled[gv] = schedule.mod["main"].with_attr("tirx.is_scheduled", True)
         for gv, func in scheduled.items():
             mod[gv] = func
         return mod

@@ -8,7 +8,7 @@ extents e1…en runs Π ei times; summed over the places it appears):
   subexpression repeated in the body counts once, as the compiler computes it once);
 - `load NAME`: how many elements are read from buffer NAME (a read in a padding's select counts
   as if it always ran; a read repeated in one store counts once). For tests: a prologue computed
-  once per input element reads its operands about once per input element.
+  once per input element reads its operands about once per input element (`loads=True`).
 
 A schedule reorders, splits, fuses and places the legalized nest's blocks; it should not run a
 block more often, beyond what padding a tile or overlapping halos of input tiles add, nor move
@@ -40,23 +40,31 @@ __all__ = ["RUNS_SLACK", "block_runs", "kernel_work", "recomputed"]
 RUNS_SLACK = 2.0
 
 _ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Mod", "FloorDiv", "FloorMod", "Max", "Min", "Cast"}
-# Calls that pick or hint rather than compute (a padding's select, a branch hint).
-_NOT_MATH = {"prim.if_then_else", "tir.if_then_else", "tir.likely", "tir.reinterpret", "tir.ret"}
+# A padding's select, whose condition is index arithmetic; calls that hint rather than compute.
+_SELECTS = {"prim.if_then_else", "tir.if_then_else"}
+_NOT_MATH = {"tir.likely", "tir.reinterpret", "tir.ret"}
 _LEAVES = {"IntImm", "FloatImm", "Var", "SizeVar", "StringImm"}
+
+
+def _first_time(expr: Any, seen: set[int]) -> bool:
+    """Whether `expr` is not a leaf and no structurally equal expression is in `seen` (it then is)."""
+    if type(expr).__name__ in _LEAVES:
+        return False
+    key = structural_hash(expr)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def _math(expr: Any, seen: set[int]) -> int:
     """The arithmetic in one evaluation of `expr`: nodes on data (not on 64-bit indices, not in a
     select's condition or a load's indices), each distinct subexpression once (`seen`)."""
+    if (hasattr(expr, "indices") and hasattr(expr, "source")) or not _first_time(expr, seen):
+        return 0
     kind = type(expr).__name__
-    if kind in _LEAVES or (hasattr(expr, "indices") and hasattr(expr, "source")):
-        return 0
-    key = structural_hash(expr)
-    if key in seen:
-        return 0
-    seen.add(key)
     op = getattr(getattr(expr, "op", None), "name", None) if kind == "Call" else None
-    if op in ("prim.if_then_else", "tir.if_then_else"):
+    if op in _SELECTS:
         return sum(_math(branch, seen) for branch in expr.args[1:])
     if kind == "Select":
         return _math(expr.true_value, seen) + _math(expr.false_value, seen)
@@ -68,13 +76,8 @@ def _math(expr: Any, seen: set[int]) -> int:
 
 def _loads(expr: Any, runs: int, counts: Counter[str], seen: set[int]) -> None:
     """Adds each distinct load in `expr` (`seen`: the structural hashes met in this store)."""
-    kind = type(expr).__name__
-    if kind in _LEAVES:
+    if not _first_time(expr, seen):
         return
-    key = structural_hash(expr)
-    if key in seen:
-        return
-    seen.add(key)
     if hasattr(expr, "indices") and hasattr(expr, "source"):
         counts[f"load {expr.source.name}"] += runs
     children = [getattr(expr, f, None) for f in ("a", "b", "value", "condition", "true_value", "false_value")]
@@ -98,10 +101,10 @@ def _reduces(block: Any) -> bool:
     return any(int(v.iter_type) == tstmt.IterVar.CommReduce for v in block.iter_vars)
 
 
-def _visit(stmt: Any, runs: int, counts: Counter[str]) -> None:
+def _visit(stmt: Any, runs: int, counts: Counter[str], loads: bool) -> None:
     if isinstance(stmt, tstmt.For):
         extent = stmt.extent
-        _visit(stmt.body, runs * (int(extent) if isinstance(extent, texpr.IntImm) else 1), counts)
+        _visit(stmt.body, runs * (int(extent) if isinstance(extent, texpr.IntImm) else 1), counts, loads)
     elif isinstance(stmt, SBlockRealize):
         block = stmt.block
         name = block.name_hint.removesuffix("_update")  # decompose_reduction's rename
@@ -109,26 +112,28 @@ def _visit(stmt: Any, runs: int, counts: Counter[str]) -> None:
         counts[f"math in {name}"] = max(counts[f"math in {name}"], _body_math(block.body))
         if _reduces(block):
             counts[f"reduction {name}"] = 1
-        _visit(block.body, runs, counts)
+        _visit(block.body, runs, counts, loads)
     elif isinstance(stmt, tstmt.SeqStmt):
         for child in stmt.seq:
-            _visit(child, runs, counts)
+            _visit(child, runs, counts, loads)
     elif isinstance(stmt, tstmt.IfThenElse):
-        _visit(stmt.then_case, runs, counts)
+        _visit(stmt.then_case, runs, counts, loads)
         if stmt.else_case is not None:
-            _visit(stmt.else_case, runs, counts)
+            _visit(stmt.else_case, runs, counts, loads)
     elif isinstance(stmt, tstmt.BufferStore):
-        _loads(stmt.value, runs, counts, set())
+        if loads:
+            _loads(stmt.value, runs, counts, set())
     elif isinstance(getattr(stmt, "body", None), tstmt.Stmt):
-        _visit(stmt.body, runs, counts)
+        _visit(stmt.body, runs, counts, loads)
 
 
-def kernel_work(func: tirx.PrimFunc) -> Counter[str]:
+def kernel_work(func: tirx.PrimFunc, *, loads: bool = False) -> Counter[str]:
     """`block NAME` → how many times the block's body runs in one call of the kernel (the root
     block aside); `math in NAME` → the arithmetic in one run of its body; `reduction NAME` → 1
-    where it is a reduction; `load NAME` → how many elements the kernel reads from buffer NAME."""
+    where it is a reduction; with `loads`, `load NAME` → how many elements the kernel reads from
+    buffer NAME (the guard does not need them)."""
     counts: Counter[str] = Counter()
-    _visit(func.body, 1, counts)
+    _visit(func.body, 1, counts, loads)
     counts.pop("block root", None)
     return counts
 
@@ -156,7 +161,7 @@ def recomputed(legalized: tirx.PrimFunc, scheduled: tirx.PrimFunc) -> dict[str, 
             excess[what] = after[what] / n
     gained = sum(
         max(0, after[f"math in {name}"] - before[f"math in {name}"]) * after[f"block {name}"]
-        for name in _names(after, "reduction")
+        for name, _ in _named(after, "reduction")
         if f"block {name}" in before
     )
     inlined = sum(
@@ -169,7 +174,3 @@ def recomputed(legalized: tirx.PrimFunc, scheduled: tirx.PrimFunc) -> dict[str, 
 
 def _named(counts: Counter[str], kind: str) -> list[tuple[str, int]]:
     return [(what.split(" ", 1)[1], n) for what, n in counts.items() if what.startswith(f"{kind} ")]
-
-
-def _names(counts: Counter[str], kind: str) -> list[str]:
-    return [name for name, _ in _named(counts, kind)]
