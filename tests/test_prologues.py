@@ -196,19 +196,21 @@ def test_a_fused_prologue_is_computed_once_per_input_element(rule: str) -> None:
 
 
 def test_a_prologue_inlined_into_the_reduction_is_declined() -> None:
-    """A schedule that evaluates the prologue at every multiply-add (the prologue inlined into
-    the pointwise conv's reduction) puts more arithmetic in the reduction's body: the guard
-    declines it, and names the kernel and the rule in the compile log."""
+    """A schedule that evaluates the prologue at every multiply-add (the prologue and the input's
+    packing inlined into the pointwise conv's reduction) puts more arithmetic in the reduction's
+    body: the guard declines it, and names the kernel and the rule in the compile log."""
     from tvm import s_tir
 
     from passc.schedules import PointwiseConv
     from passc.schedules.base import scheduling_kernel
+    from passc.schedules.pointwise_conv import POINTWISE_PACK
 
     fragment = CASES["PointwiseConv"][0]
     mod = prologue_module(_model("PointwiseConv"), fragment)
     name, kernel = _fused_kernel(mod, fragment)
     inlined = s_tir.Schedule(kernel)
     inlined.compute_inline(inlined.get_sblock("T_add"))
+    inlined.compute_inline(inlined.get_sblock(POINTWISE_PACK))
     assert recomputed(kernel, inlined.mod["main"]) == {"math in reductions": 64.0}  # once per output channel
 
     target = tvm.target.Target(TARGET)

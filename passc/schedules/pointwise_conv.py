@@ -3,15 +3,27 @@
 A 1×1 conv at stride 1 without padding, over planes that `pointwise_tile` can cut into whole
 vectors, is
 
-    Y[n, o, y, x] = Σ_i X[n, i, y, x] · T[i, o]          (T = W[:, :, 0, 0] transposed once)
+    Y[n, o, y, x] = Σ_i X[n, i, y, x] · W[o, i]
 
 which `PointwiseConv` vectorizes along the pixels (x): its loads and its epilogue's stores are
 contiguous in NCHW, where the packed conv's channel vectors (`passc.schedules.packed_conv`) would
-need a transpose per output. Its legalization is tried before the packed conv's and takes the
-convs that one would (`conv_spec`, output channels a multiple of a vector or half of one).
+need a transpose per output. It is legalized as MLAS's SGEMM packs its panels:
+
+    P[n, t, i, l] = X[n, i, (t·p + l) // w, (t·p + l) % w]       the input, p pixels a tile
+    Q[u, i, r]    = W[u·rows + r, i]                               the weight, once, a constant
+    Z[n, t, o, l] = Σ_i P[n, t, i, l] · Q[o // rows, i, o % rows]
+    Y[n, o, y, x] = Z[n, f // p, o, f % p]                         (f = y·w + x)
+
+so each step of the reduction reads the next p pixels of P and the next `rows` weights of Q
+(not one cache line per input channel, a plane apart, which on planes of 48 or 64 columns share
+a few L1 sets), and a tile of Z is indexed by its unrolled loops alone, so its accumulators stay
+in registers. Its legalization is tried before the packed conv's and takes the convs that
+one would (`conv_spec`, output channels a multiple of a vector or half of one).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from tvm import relax, s_tir, te
@@ -20,8 +32,8 @@ from tvm.target import Target
 
 from passc.schedules.analysis import (
     divisor,
-    epilogue_block,
     inline_injective,
+    inline_prologues,
     inline_side_inputs,
     named_reduction,
     per_load,
@@ -36,20 +48,33 @@ from passc.schedules.packed_conv import conv_spec
 
 __all__ = ["POINTWISE_CONV", "PointwiseConv", "legalize_pointwise_conv2d", "pointwise_tile"]
 
-# The reduction block of the pointwise conv, which `PointwiseConv` takes.
+# The reduction block of the pointwise conv, which `PointwiseConv` takes, and its input's packing.
 POINTWISE_CONV = "conv2d_nchw_pointwise"
+POINTWISE_PACK = "conv2d_nchw_pointwise_pack"
+POINTWISE_UNPACK = "conv2d_nchw_pointwise_unpack"
 
 
-def _pointwise_conv2d(data: te.Tensor, transposed: te.Tensor) -> te.Tensor:
-    """A 1×1 conv at stride 1 without padding, with its weight transposed to T[I, O]:
-    Y[n, o, y, x] = Σ_i X[n, i, y, x] · T[i, o], a matrix product over the pixels of each plane."""
-    batch, _, height, width = (int(d) for d in data.shape)
-    in_channels, out_channels = (int(d) for d in transposed.shape)
+def _pointwise_conv2d(data: te.Tensor, weight: te.Tensor, pixels: int) -> te.Tensor:
+    """A 1×1 conv at stride 1 without padding, with its weight packed as Q[O/rows, I, rows]:
+    the input packed into tiles of `pixels` (P), the product Z[n, t, o, l] = Σ_i P[n, t, i, l] ·
+    Q[o // rows, i, o % rows] over each tile, and Z unpacked into NCHW."""
+    batch, in_channels, height, width = (int(d) for d in data.shape)
+    tiles, _, rows = (int(d) for d in weight.shape)
+    packed = te.compute(
+        (batch, height * width // pixels, in_channels, pixels),
+        lambda n, t, i, p: data[n, i, (t * pixels + p) // width, (t * pixels + p) % width],
+        name=POINTWISE_PACK,
+    )
     i = te.reduce_axis((0, in_channels), "i")
-    return te.compute(
-        (batch, out_channels, height, width),
-        lambda n, o, y, x: te.sum(data[n, i, y, x] * transposed[i, o], axis=[i]),
+    product = te.compute(
+        (batch, height * width // pixels, tiles * rows, pixels),
+        lambda n, t, o, p: te.sum(packed[n, t, i, p] * weight[o // rows, i, o % rows], axis=[i]),
         name=POINTWISE_CONV,
+    )
+    return te.compute(
+        (batch, tiles * rows, height, width),
+        lambda n, o, y, x: product[n, (y * width + x) // pixels, o, (y * width + x) % pixels],
+        name=POINTWISE_UNPACK,
     )
 
 
@@ -77,8 +102,17 @@ def legalize_pointwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax
     weight = call.args[1].value.numpy()
     if vector_lanes(spec, weight.shape[0]) is None or not _is_pointwise(call, spec):
         return None
-    transposed = relax.const(np.ascontiguousarray(weight[:, :, 0, 0].T))
-    return bb.call_te(_pointwise_conv2d, call.args[0], transposed, primfunc_name_hint="conv2d_pointwise")
+    out_channels, in_channels = weight.shape[:2]
+    _, _, height, width = (int(d) for d in call.args[0].ty.shape)
+    lanes, vectors, rows = pointwise_tile(height, width, out_channels, spec)
+    packed = weight[:, :, 0, 0].reshape(out_channels // rows, rows, in_channels).transpose(0, 2, 1)
+    return bb.call_te(
+        _pointwise_conv2d,
+        call.args[0],
+        relax.const(np.ascontiguousarray(packed)),
+        lanes * vectors,
+        primfunc_name_hint="conv2d_pointwise",
+    )
 
 
 def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) -> tuple[int, int, int] | None:
@@ -110,78 +144,88 @@ def pointwise_tile(height: int, width: int, out_channels: int, spec: CPUSpec) ->
     return max(options)[3:] if options else None
 
 
-# An expanding pointwise conv whose output is larger than this writes a few output planes at a
-# time; convs whose input is the larger re-read it less pixel-major.
-_STREAMED_OUTPUT = 1 << 20
-
-
 class PointwiseConv(Rule):
     """The pointwise conv (`legalize_pointwise_conv2d`) with its epilogue: a matrix product of
-    the weight T[I, O] and the input's pixels X[i, y·W + x], vectorized along the pixels, so loads
-    and the epilogue's stores are contiguous in NCHW (`PackedConv`'s channels-last tile would
-    transpose in its epilogue, which costs more than a short 1×1 reduction). Loops n, o, (y, x)
-    are tiled as
-        parallel(n · pixels/(vectors·lanes) · o/rows) · i · unroll(rows) · unroll(vectors) · vector(lanes)
-    with `pointwise_tile`'s factors: each step of i loads `vectors` input vectors and broadcasts
-    `rows` weights, one fused multiply-add per accumulator. An expanding conv with a large output
-    runs o/rows outside the pixels instead (`_STREAMED_OUTPUT`).
+    the packed weight Q and the packed input P, vectorized along the pixels, so loads and the
+    epilogue's stores are contiguous in NCHW (`PackedConv`'s channels-last tile would transpose in
+    its epilogue, which costs more than a short 1×1 reduction). The product's loops n, t, o, l are
+    tiled as
 
-    Every output channel's tile reads the same pixels of every input channel. When those would
-    not stay in L1, the reduction runs in chunks of input channels whose pixels fill at most L1,
-    each for every output channel before the next (`parallel(n · pixels/(vectors·lanes) · 2) · i/chunk
-    · o/(2·rows) · chunk · ...`: halves of the output channels in parallel, so that two threads
-    balance over a plane of 7 tiles).
+        parallel(n · pixels/(vectors·lanes) · 2) · o/(2·rows) · i
+            · unroll(rows) · unroll(vectors) · vector(lanes)
+
+    with `pointwise_tile`'s factors: each step of i loads `vectors` input vectors and broadcasts
+    `rows` weights, one fused multiply-add per accumulator. Each parallel iteration (a tile of
+    pixels, for half of the output channels, so that two threads balance over few tiles) packs
+    its pixels of every input channel first (P, from the input and any prologue inlined into
+    it, once per input element and half), and runs the epilogue after each tile of `rows`
+    output channels.
+
+    When a tile's pixels of every input channel would not stay in L1, the reduction runs in
+    chunks of input channels that fill at most L1, each for every output channel before the
+    next (`... · i/chunk · o/(2·rows) · chunk · ...`), and the epilogue after the last chunk.
     """
 
     def schedule(self, sch: s_tir.Schedule, blocks: list[SBlockInfo], spec: CPUSpec) -> s_tir.Schedule | None:
         index = named_reduction(blocks, POINTWISE_CONV)
         if index is None:
             return None
+        blocks, index = inline_prologues(sch, blocks, index)
         blocks, index = inline_side_inputs(sch, blocks, index)
         main = blocks[index]
-        extents = main.dom()
-        _, out_channels, height, width, _ = extents
-        tile = pointwise_tile(height, width, out_channels, spec)
-        if main.dom_kind() != "SSSSR" or tile is None:
-            return None
-        lanes, vectors, rows = tile
+        pack = next((b for b in blocks[:index] if b.name == POINTWISE_PACK), None)
         consumers = inline_injective(sch, blocks[index + 1 :])
-        if len(consumers) > 1:
+        if pack is None or main.dom_kind() != "SSSSR" or len(consumers) != 1:
             return None
-        n, o, y, x, i = sch.get_loops(main.block_rv)
-        pixels = height * width
-        outer_p, vector, lane = sch.split(sch.fuse(y, x), [pixels // (vectors * lanes), vectors, lanes])
+        _, _, out_channels, pixels, in_channels = main.dom()
+        height, width = (int(d) for d in sch.get(consumers[0].block_rv).writes[0].source.shape[2:])
+        tile = pointwise_tile(height, width, out_channels, spec)
+        if tile is None or pixels != tile[0] * tile[1] or _weight_rows(sch, main) != tile[2]:
+            return None  # legalized for another target's tile
+        lanes, vectors, rows = tile
+        # The epilogue iterates as the product does (n, t, o, l), so it can follow each tile.
+        epilogue = consumers[0].block_rv
+        sch.transform_block_layout(
+            epilogue, lambda n, o, y, x: (n, (y * width + x) // pixels, o, (y * width + x) % pixels)
+        )
+        n, t, o, p, i = sch.get_loops(main.block_rv)
+        vector, lane = sch.split(p, [vectors, lanes])
         outer_o, row = sch.split(o, tile_factors(sch, o, out_channels, rows))
-        in_channels = extents[4]
         element_bytes = sch.get(main.block_rv).writes[0].source.dtype.bits // 8
-        streamed = out_channels > in_channels and out_channels * pixels * element_bytes > _STREAMED_OUTPUT
-        tile_bytes = vectors * lanes * element_bytes  # of one input channel
-        chunk = None if streamed else reduction_chunk(in_channels, tile_bytes, spec.l1_bytes, spec)
-        if streamed:
-            outer, inner = [n, outer_o, outer_p], [i]  # a few output planes at a time, in order
-        elif chunk is None:
-            outer, inner = [n, outer_p, outer_o], [i]  # a few pixels at a time, for every channel
+        chunk = reduction_chunk(in_channels, pixels * element_bytes, spec.l1_bytes, spec)
+        half, outer_o = sch.split(outer_o, [2 if out_channels // rows % 2 == 0 else 1, None])
+        if chunk is None:
+            outer, inner = [n, t, half], [outer_o, i]
         else:
-            # A few pixels of a chunk of input channels at a time, for every output channel (half
-            # of them per parallel iteration, so that threads balance over few pixel tiles).
             chunks, i = sch.split(i, tile_factors(sch, i, in_channels, chunk))
-            half, outer_o = sch.split(outer_o, [2 if out_channels // rows % 2 == 0 else 1, None])
-            outer, inner = [n, outer_p, half], [chunks, outer_o, i]
+            outer, inner = [n, t, half], [chunks, outer_o, i]
         sch.reorder(*outer, *inner, row, vector, lane)
         tile_loop = sch.fuse(*outer)
         if int(sch.get(tile_loop).extent) > 1:
             sch.parallel(tile_loop)
 
-        epilogue = epilogue_block(sch, main, consumers)
-        sch.reverse_compute_at(epilogue, tile_loop, preserve_unit_loops=True)
-        *_, epilogue_y, epilogue_x = sch.get_loops(epilogue)
-        _, epilogue_lane = sch.split(sch.fuse(epilogue_y, epilogue_x), [None, lanes])
+        # The accumulators live in registers: the product is a local buffer of one tile (of
+        # rows · pixels, or of every output channel's when the reduction runs in chunks).
+        after = outer_o if inner[0] == outer_o else tile_loop  # each tile of rows, or the last chunk
+        sch.reverse_compute_at(epilogue, after, preserve_unit_loops=True)
+        sch.set_scope(main.block_rv, 0, "local")
+        _, epilogue_lane = sch.split(sch.get_loops(epilogue)[-1], [None, lanes])
         sch.vectorize(epilogue_lane)
         sch.vectorize(lane)
         sch.unroll(vector)
         sch.unroll(row)
-        init = sch.decompose_reduction(main.block_rv, inner[0])
+        init = sch.decompose_reduction(main.block_rv, inner[0] if chunk is not None else i)
         sch.vectorize(sch.get_loops(init)[-1])
+        sch.compute_at(pack.block_rv, tile_loop, preserve_unit_loops=True)
+        row_lanes = math.gcd(width, pixels, lanes)  # a vector within a row of the input
+        sch.vectorize(sch.split(sch.get_loops(pack.block_rv)[-1], [None, row_lanes])[1])
         for block in blocks[:index]:
-            vectorize_flat(sch, block.block_rv, spec)
+            if block.name != POINTWISE_PACK:
+                vectorize_flat(sch, block.block_rv, spec)
         return sch
+
+
+def _weight_rows(sch: s_tir.Schedule, main: SBlockInfo) -> int | None:
+    """The `rows` of the packed weight Q[O/rows, I, rows] that the pointwise conv reads."""
+    shapes = [region.source.shape for region in sch.get(main.block_rv).reads]
+    return next((int(shape[-1]) for shape in shapes if len(shape) == 3), None)
