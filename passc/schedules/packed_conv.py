@@ -291,7 +291,7 @@ class PackedConv(Rule):
     (`weight_chunk`) runs the reduction in chunks of input channels instead, each over all the
     rows. The accumulator tile is laid out channels-last, so a vector of it is contiguous; the
     epilogue (bias, activation, residual add) writes it back to NCHW per tile, while it is still
-    hot.
+    hot, computing on those channel vectors and storing lane by lane (`_vectorize_channels`).
 
     When the input is larger than the weights, the parallel loop cuts the rows into `row_bands`
     bands first, and so does the pad's copy when the bands divide its rows: each thread takes a
@@ -346,6 +346,7 @@ class PackedConv(Rule):
         epilogue = epilogue_block(sch, main, consumers)
         sch.transform_layout(main.block_rv, ("write", 0), lambda n, c, h, w: (n, h, w, c))
         sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
+        _vectorize_channels(sch, epilogue, lanes)
         sch.vectorize(lane)
         sch.unroll(vector)
         sch.unroll(row)
@@ -356,3 +357,18 @@ class PackedConv(Rule):
         for block in blocks[:index]:
             vectorize_flat(sch, block.block_rv, spec, bands)
         return sch
+
+
+def _vectorize_channels(sch: s_tir.Schedule, epilogue: Any, lanes: int) -> None:
+    """The epilogue's loops n, c, y, x under the tile as n, c/lanes, y, x, vector(lanes): its
+    arithmetic runs on the accumulator tile's channel vectors (contiguous, channels-last), and
+    only its stores into NCHW go lane by lane."""
+    loops = sch.get_loops(epilogue)
+    if len(loops) < 4:
+        return
+    channels, y, x = loops[-3:]
+    if int(sch.get(channels).extent) % lanes:
+        return
+    outer, lane = sch.split(channels, [None, lanes])
+    sch.reorder(outer, y, x, lane)
+    sch.vectorize(lane)
