@@ -346,7 +346,7 @@ class PackedConv(Rule):
         epilogue = epilogue_block(sch, main, consumers)
         sch.transform_layout(main.block_rv, ("write", 0), lambda n, c, h, w: (n, h, w, c))
         sch.reverse_compute_at(epilogue, tile, preserve_unit_loops=True)
-        _vectorize_channels(sch, epilogue, lanes)
+        _vectorize_channels(sch, epilogue, lanes, output.shape)
         sch.vectorize(lane)
         sch.unroll(vector)
         sch.unroll(row)
@@ -359,12 +359,15 @@ class PackedConv(Rule):
         return sch
 
 
-def _vectorize_channels(sch: s_tir.Schedule, epilogue: Any, lanes: int) -> None:
+def _vectorize_channels(sch: s_tir.Schedule, epilogue: Any, lanes: int, shape: Any) -> None:
     """The epilogue's loops n, c, y, x under the tile as n, c/lanes, y, x, vector(lanes): its
     arithmetic runs on the accumulator tile's channel vectors (contiguous, channels-last), and
-    only its stores into NCHW go lane by lane."""
+    only its stores into NCHW go lane by lane. Only where it writes the conv's `shape`: one that
+    broadcasts the conv over a larger plane (a squeeze-excite's scale of a feature map) would
+    read and write that plane lane by lane too (2× slower in MobileNetV3's)."""
     loops = sch.get_loops(epilogue)
-    if len(loops) < 4:
+    written = sch.get(epilogue).writes[0].source.shape
+    if len(loops) < 4 or [int(d) for d in written] != [int(d) for d in shape]:
         return
     channels, y, x = loops[-3:]
     if int(sch.get(channels).extent) % lanes:
