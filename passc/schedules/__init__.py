@@ -17,7 +17,7 @@ holds its legalization, if passc has one, and its rule:
 - `contraction`: any other single reduction (TVM's conv, matmul, pooling), register-tiled;
 - `elementwise`: kernels with no reduction.
 
-`fast_math` legalizes exp, sigmoid, softmax and erf to vector arithmetic; `analysis` holds the
+`fast_math` legalizes exp, sigmoid, softmax, erf and tanh to vector arithmetic; `analysis` holds the
 block analysis the rules share, `cpu` the CPU table, `base` the rules' base class and `rules` their
 order. Like `passc.lowering`, this package imports TVM; only the lowering imports it.
 """

@@ -11,7 +11,7 @@ replaced where passc's apply:
   and column panels (`passc.schedules.packed_dense`);
 - softmax and layer norm over the last axis by reductions in partials
   (`passc.schedules.row_reduction`);
-- float32 exp, sigmoid, softmax over other axes and erf by vector arithmetic, and a float32
+- float32 exp, sigmoid, softmax over other axes, erf and tanh by vector arithmetic, and a float32
   division by a constant by a multiplication (`passc.schedules.fast_math`).
 Each of passc's legalizations returns None where it does not apply, and the op gets TVM's own.
 """
