@@ -507,44 +507,38 @@ def test_vector_exp_is_within_two_ulp_of_the_exact_exp() -> None:
     assert np.max(np.abs(result.numpy() - exact) / exact) <= 2 * 2.0**-24
 
 
-def test_vector_erf_is_within_4e_7_of_the_exact_erf() -> None:
-    """GELU's erf, legalized through passc's legalize phases, against scipy's double-precision erf."""
-    import scipy.special
+def _legalized_unary(op: str, values: np.ndarray) -> np.ndarray:
+    """relax.op.`op` of float32 `values`, legalized and scheduled through passc's phases, run."""
     from tvm import relax
 
     from passc.schedules import legalize_passes, schedule_passes
 
     builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1 << 16,), "float32"))
+    x = relax.Var("x", relax.TensorType(values.shape, "float32"))
     with builder.function("main", [x]):
-        builder.emit_func_output(builder.emit(relax.op.erf(x)))
+        builder.emit_func_output(builder.emit(getattr(relax.op, op)(x)))
     target = tvm.target.Target({"kind": "llvm"})
     with target:
         mod = tvm.transform.Sequential(legalize_passes() + schedule_passes(target))(builder.get())
     vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(values)).numpy()
+
+
+def test_vector_erf_is_within_4e_7_of_the_exact_erf() -> None:
+    """GELU's erf, legalized through passc's legalize phases, against scipy's double-precision erf."""
+    import scipy.special
+
     values = np.linspace(-6.0, 6.0, 1 << 16, dtype=np.float32)
-    result = vm["main"](tvm.runtime.tensor(values)).numpy()
+    result = _legalized_unary("erf", values)
     assert np.max(np.abs(result - scipy.special.erf(values.astype(np.float64)))) <= 4e-7
 
 
 def test_vector_tanh_is_within_6_ulp_of_the_exact_tanh() -> None:
     """An LSTM's tanh, legalized through passc's legalize phases, against numpy's double-precision
     tanh: relative error at most 6 float32 ulp, near 0 as well, and ±1 at ±inf."""
-    from tvm import relax
-
-    from passc.schedules import legalize_passes, schedule_passes
-
-    builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1 << 16,), "float32"))
-    with builder.function("main", [x]):
-        builder.emit_func_output(builder.emit(relax.op.tanh(x)))
-    target = tvm.target.Target({"kind": "llvm"})
-    with target:
-        mod = tvm.transform.Sequential(legalize_passes() + schedule_passes(target))(builder.get())
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
     values = np.concatenate([np.linspace(-12.0, 12.0, (1 << 16) - 4), [1e-6, -1e-30, np.inf, -np.inf]])
     values = values.astype(np.float32)
-    result = vm["main"](tvm.runtime.tensor(values)).numpy()
+    result = _legalized_unary("tanh", values)
     exact = np.tanh(values.astype(np.float64))
     finite = np.isfinite(values) & (values != 0)
     assert np.max(np.abs(result - exact)[finite] / np.abs(exact[finite])) <= 6 * 2.0**-24
