@@ -78,18 +78,19 @@ def _pointwise_conv2d(data: te.Tensor, weight: te.Tensor, pixels: int) -> te.Ten
     )
 
 
-def _is_pointwise(call: relax.Call, spec: CPUSpec) -> bool:
-    """A 1×1 conv at stride 1 without padding whose plane `pointwise_tile` can tile: the
-    `PointwiseConv` schedule's case (vectors along the plane, stores straight into NCHW)."""
+def _pointwise_conv_tile(call: relax.Call, spec: CPUSpec) -> tuple[int, int, int] | None:
+    """The `pointwise_tile` of a 1×1 conv at stride 1 without padding, or None for any other conv
+    or a plane it cannot tile: the `PointwiseConv` schedule's case (vectors along the plane,
+    stores straight into NCHW)."""
     attrs = call.attrs
     out_channels, _, kernel_h, kernel_w = (int(d) for d in call.args[1].value.shape)
     _, _, height, width = (int(d) for d in call.args[0].ty.shape)
-    return (
+    pointwise = (
         (kernel_h, kernel_w) == (1, 1)
         and all(int(s) == 1 for s in attrs.strides)
         and all(int(p) == 0 for p in attrs.padding)
-        and pointwise_tile(height, width, out_channels, spec) is not None
     )
+    return pointwise_tile(height, width, out_channels, spec) if pointwise else None
 
 
 def legalize_pointwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
@@ -100,11 +101,11 @@ def legalize_pointwise_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax
     if spec is None:
         return None
     weight = call.args[1].value.numpy()
-    if vector_lanes(spec, weight.shape[0]) is None or not _is_pointwise(call, spec):
+    tile = _pointwise_conv_tile(call, spec)
+    if vector_lanes(spec, weight.shape[0]) is None or tile is None:
         return None
+    lanes, vectors, rows = tile
     out_channels, in_channels = weight.shape[:2]
-    _, _, height, width = (int(d) for d in call.args[0].ty.shape)
-    lanes, vectors, rows = pointwise_tile(height, width, out_channels, spec)
     packed = weight[:, :, 0, 0].reshape(out_channels // rows, rows, in_channels).transpose(0, 2, 1)
     return bb.call_te(
         _pointwise_conv2d,
@@ -217,7 +218,7 @@ class PointwiseConv(Rule):
         init = sch.decompose_reduction(main.block_rv, inner[0] if chunk is not None else i)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.compute_at(pack.block_rv, tile_loop, preserve_unit_loops=True)
-        row_lanes = math.gcd(width, pixels, lanes)  # a vector within a row of the input
+        row_lanes = math.gcd(width, lanes)  # a vector within a row of the input (pixels: whole vectors)
         sch.vectorize(sch.split(sch.get_loops(pack.block_rv)[-1], [None, row_lanes])[1])
         for block in blocks[:index]:
             if block.name != POINTWISE_PACK:
